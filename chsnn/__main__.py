@@ -1,0 +1,3 @@
+from chsnn.cli import main
+
+raise SystemExit(main())

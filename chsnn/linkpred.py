@@ -1,0 +1,326 @@
+"""Cannistraci-Hebb link prediction on length-3 paths of sparse bipartite layers.
+
+A sparse layer with mask ``M`` of shape ``(n_out, n_in)`` is the bipartite graph
+with input nodes X, output nodes Y and a link wherever ``M[y, x]`` is set
+(CH-SPEC section 1). For an absent link ``(x, y)`` every L3 path
+``x - y1 - x1 - y`` contributes a path term that is the product of one factor
+per intermediate node (CH-SPEC section 2):
+
+    f(z, endpoint) = sqrt(h(deg(z), c)),   c = common neighbours of z and the
+                                           far endpoint of the path
+    RA:    h = 1 / deg               CH2:  h = (1 + di) / (1 + de)
+    CH3:   h = 1 / (1 + de)          CH3.1: h = 1 / (1 / (1 + di) + de)
+
+with ``di = c`` and ``de = deg - 1 - c`` (the bipartite reduction of the local
+community's internal and external degrees).
+
+Exact scores are computed as one sparse-sparse product over *wedges* (pairs
+of links sharing a node): ``S^T = P @ Q`` where ``P`` (outputs by middle
+links) holds the factor of y1 and ``Q`` (middle links by inputs) the factor of
+x1. Its work is the number of L3 paths; beyond writing the dense result,
+nothing scales with the dense layer size (co-neighbour counting uses a dense
+histogram only while it is small, and sorting beyond).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["MODELS", "METHODS", "ch_scores", "ch_scores_batched", "count_l3_paths"]
+
+MODELS = ("RA", "CH2", "CH3", "CH3.1")
+METHODS = ("exact", "node")
+
+# Count co-neighbours with a dense histogram while it stays below this many
+# bins (64 MiB of int32); beyond it, sort-based counting keeps memory at O(wedges).
+_DENSE_COUNT_BINS = 1 << 24
+# Index arrays are 32-bit below this size.
+_INT32_LIMIT = 2**31
+
+
+def _node_terms(model: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """h(deg, c): the node term of an intermediate node of degree ``deg`` that
+    shares ``c`` neighbours with the path's far endpoint."""
+
+    def ra(deg, c):
+        return 1.0 / deg
+
+    def ch2(deg, c):
+        return (1.0 + c) / (deg - c)
+
+    def ch3(deg, c):
+        return 1.0 / (deg - c)
+
+    def ch31(deg, c):
+        return 1.0 / (1.0 / (1.0 + c) + (deg - 1.0 - c))
+
+    return {"RA": ra, "CH2": ch2, "CH3": ch3, "CH3.1": ch31}[model]
+
+
+def _check_names(model: str, method: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown link predictor model {model!r}; valid models are {', '.join(MODELS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)}")
+
+
+def _as_bool_mask(mask, ndim: int, what: str) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(mask)
+    if mask.dim() != ndim:
+        raise ValueError(f"{what} must be a {ndim}-D tensor, got shape {tuple(mask.shape)}")
+    if mask.layout != torch.strided:
+        mask = mask.to_dense()
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{what} must be binary (bool or 0/1 values); found other values")
+    return mask != 0
+
+
+def ch_scores(mask, model: str = "CH3", method: str = "exact", *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """CH L3 link-prediction scores of every position of a sparse layer's mask.
+
+    Args:
+        mask: 2-D bool or 0/1 tensor, any orientation, any device.
+        model: ``"RA"``, ``"CH2"``, ``"CH3"`` or ``"CH3.1"``.
+        method: ``"exact"`` (path-based, CH-SPEC section 2) or ``"node"``
+            (the L3n node-based *approximation*, for very large layers).
+        dtype: float dtype of the result (default float64).
+
+    Returns:
+        A float tensor of ``mask``'s shape and device. Absent links hold their
+        score; linked positions hold 0.
+    """
+    _check_names(model, method)
+    mask = _as_bool_mask(mask, 2, "mask")
+    return _scores(mask.unsqueeze(0), model, method, dtype or torch.float64)[0]
+
+
+def ch_scores_batched(masks, model: str = "CH3", method: str = "exact", *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``ch_scores`` for a stack of independent graphs of one shape (attention
+    heads, groups): ``masks`` is ``(B, n_out, n_in)``, the result likewise.
+    All graphs are scored in one pass, as one block-diagonal graph."""
+    _check_names(model, method)
+    masks = _as_bool_mask(masks, 3, "masks")
+    return _scores(masks, model, method, dtype or torch.float64)
+
+
+def count_l3_paths(mask) -> int:
+    """Number of L3 paths ``x - y1 - x1 - y`` over all ordered node pairs
+    (the work of the exact method): the sum over links (x1, y1) of
+    ``deg(x1) * deg(y1)``."""
+    mask = _as_bool_mask(mask, 2, "mask")
+    deg_in = mask.sum(0, dtype=torch.int64)
+    deg_out = mask.sum(1, dtype=torch.int64)
+    y, x = mask.nonzero(as_tuple=True)
+    return int((deg_in[x] * deg_out[y]).sum())
+
+
+class _Wedges:
+    """Both wedge tables of a stack of bipartite graphs, in CSR form.
+
+    Node ids are global over the stack (output y of graph b is ``b*n_y + y``,
+    input x is ``b*n_x + x``); middle links are numbered input-major.
+
+    ``P`` (outputs by middle links): row y holds one entry per middle link
+    (x1, y1) with x1 a neighbour of y; the entry carries the factor of y1 on
+    the paths that end at y.
+    ``Q`` (middle links by inputs): row (x1, y1) holds one entry per input x
+    neighbouring y1; the entry carries the factor of x1 on paths from x.
+
+    Each entry keeps the intermediate node's degree and a key naming the
+    (intermediate, far endpoint) pair: the number of entries that share a key
+    is that pair's number of common neighbours.
+    """
+
+    def __init__(self, masks: torch.Tensor, links):
+        B, n_y, n_x = masks.shape
+        dev = masks.device
+        self.shape = (B, n_y, n_x)
+        b, y_loc, x_loc = links  # output-major: sorted by (graph, y, x)
+        self.n_links = n_links = y_loc.numel()
+        # 32-bit indices halve the memory traffic whenever they fit.
+        wide = max(B * n_y, B * n_x, n_links * max(n_y, n_x) ** 2) >= _INT32_LIMIT
+        it = torch.int64 if wide else torch.int32
+        b, y_loc, x_loc = b.to(it), y_loc.to(it), x_loc.to(it)
+        y_of, x_of = b * n_y + y_loc, b * n_x + x_loc
+        bt, x_mid, y_mid = (t.to(it) for t in masks.transpose(1, 2).nonzero(as_tuple=True))  # input-major
+        x_mid_g, y_mid_g = bt * n_x + x_mid, bt * n_y + y_mid
+        self.deg_out = deg_out = torch.bincount(y_of, minlength=B * n_y).to(it)
+        self.deg_in = deg_in = torch.bincount(x_mid_g, minlength=B * n_x).to(it)
+        out_start = torch.cumsum(deg_out, 0, dtype=it) - deg_out
+        in_start = torch.cumsum(deg_in, 0, dtype=it) - deg_in
+        zero = torch.zeros(1, dtype=it, device=dev)
+        self.mask_crow = torch.cat([out_start, torch.full((1,), n_links, dtype=it, device=dev)])
+        self.mask_col = x_of
+
+        # P: for each output-major link (x1, y), the block of middle links of x1.
+        lens = deg_in.index_select(0, x_of)
+        total = int(lens.sum(dtype=torch.int64))
+        self.p_crow = torch.cat([zero, torch.cumsum(lens, 0, dtype=it)]).index_select(0, self.mask_crow)
+        self.p_col = mid = _block_positions(in_start.index_select(0, x_of), lens, total)
+        self.p_deg = deg_out.index_select(0, y_mid_g).index_select(0, mid)
+        # key (y, y1): rows ascending, so the histogram fills cache-friendly
+        self.p_key = torch.repeat_interleave(y_of * n_y, lens, output_size=total).add_(y_mid.index_select(0, mid))
+        # Q: for each middle link (x1, y1), the inputs linked to y1.
+        lens = deg_out.index_select(0, y_mid_g)
+        total = int(lens.sum(dtype=torch.int64))
+        self.q_crow = torch.cat([zero, torch.cumsum(lens, 0, dtype=it)])
+        link = _block_positions(out_start.index_select(0, y_mid_g), lens, total)
+        self.q_col = x_of.index_select(0, link)
+        self.q_deg = torch.repeat_interleave(deg_in.index_select(0, x_mid_g), lens, output_size=total)
+        x_near = self.q_col if B == 1 else x_loc.index_select(0, link)
+        self.q_key = torch.repeat_interleave(x_mid_g * n_x, lens, output_size=total).add_(x_near)  # (x1, x)
+
+    def common(self, keys: torch.Tensor, n: int) -> torch.Tensor:
+        """Common neighbours of each entry's pair (n: nodes per side per graph)."""
+        bins = self.shape[0] * n * n
+        if bins <= _DENSE_COUNT_BINS:
+            # scatter_add_ into int32 bins is several times faster than bincount
+            ones = torch.ones(1, dtype=torch.int32, device=keys.device).expand(keys.numel())
+            hist = torch.zeros(bins, dtype=torch.int32, device=keys.device).scatter_add_(0, keys.long(), ones)
+            return hist.index_select(0, keys)
+        _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+        return counts[inverse]
+
+
+def _block_positions(starts: torch.Tensor, lens: torch.Tensor, total: int) -> torch.Tensor:
+    """Concatenated ranges ``[starts[i], starts[i] + lens[i])``, in item order."""
+    first = torch.cumsum(lens, 0, dtype=lens.dtype) - lens
+    shift = torch.repeat_interleave(starts - first, lens, output_size=total)
+    return shift.add_(torch.arange(total, device=lens.device, dtype=lens.dtype))
+
+
+def _factor_csr(h, crow, col, deg, common, n_cols, dtype, square: bool = False):
+    """CSR of sqrt(h(deg, c)) (or h itself) over the entries where c < deg.
+
+    Entries with ``c >= deg`` are dropped: there the far endpoint already
+    neighbours every neighbour of the intermediate node, so they lie only on
+    paths of existing links, or are the node itself. In ultra-sparse layers
+    they are a third of all entries, so dropping them saves product work."""
+    keep = common < deg
+    kept_before = torch.zeros(col.numel() + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(keep, 0, dtype=crow.dtype, out=kept_before[1:])
+    idx = keep.nonzero().squeeze(1)
+    term = h(deg.index_select(0, idx).to(dtype), common.index_select(0, idx).to(dtype))
+    return kept_before.index_select(0, crow), col.index_select(0, idx), term if square else term.sqrt_(), n_cols
+
+
+def _scores(masks: torch.Tensor, model: str, method: str, dtype) -> torch.Tensor:
+    links = masks.nonzero(as_tuple=True)
+    if links[0].numel() == 0:
+        return torch.zeros(masks.shape, dtype=dtype, device=masks.device)
+    w = _Wedges(masks, links)
+    h = _node_terms(model)
+    B, n_y, n_x = masks.shape
+    if method == "exact":
+        p = _factor_csr(h, w.p_crow, w.p_col, w.p_deg, w.common(w.p_key, n_y), w.n_links, dtype)
+        q = _factor_csr(h, w.q_crow, w.q_col, w.q_deg, w.common(w.q_key, n_x), B * n_x, dtype)
+        out = _spgemm_dense(p, q, masks.shape)
+    else:
+        out = _node_scores(w, h, dtype)
+    return out.masked_fill_(masks, 0.0)
+
+
+def _node_scores(w: _Wedges, h, dtype) -> torch.Tensor:
+    """L3n: S[y, x] = sum_{x1 in N(y)} h(x1; x) + sum_{y1 in N(x)} h(y1; y),
+    each over intermediate nodes sharing a neighbour with the far endpoint."""
+    B, n_y, n_x = w.shape
+    ones = torch.ones(w.mask_col.numel(), dtype=dtype, device=w.mask_col.device)
+    mask_csr = (w.mask_crow, w.mask_col, ones, B * n_x)
+    h_in = _pair_terms(h, w.q_key, n_x, w.deg_in, dtype, node_is_row=True)  # (x1, x)
+    h_out_t = _pair_terms(h, w.p_key, n_y, w.deg_out, dtype, node_is_row=False)  # (y, y1)
+    return _spgemm_dense(mask_csr, h_in, w.shape) + _spgemm_dense(h_out_t, mask_csr, w.shape)
+
+
+def _pair_terms(h, keys, n, deg, dtype, node_is_row: bool):
+    """CSR over one side's nodes of h(deg(node), c) for every distinct pair in
+    ``keys`` (``row * n + local column``), c being the pair's multiplicity."""
+    pairs, counts = torch.unique(keys, return_counts=True)
+    rows = pairs // n
+    cols = rows - rows % n + pairs % n
+    node_deg = deg.index_select(0, rows if node_is_row else cols)
+    n_nodes = deg.numel()
+    crow = torch.zeros(n_nodes + 1, dtype=keys.dtype, device=keys.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_nodes), 0)
+    return _factor_csr(h, crow, cols, node_deg, counts.to(keys.dtype), n_nodes, dtype, square=True)
+
+
+def _spgemm_dense(a, b, shape) -> torch.Tensor:
+    """Dense (B, n_y, n_x) block diagonal of A @ B for CSR operands
+    ``(crow, col, values, n_cols)`` over the stacked graphs (A has B*n_y rows,
+    B has B*n_x columns)."""
+    if a[0].device.type == "cpu":
+        return _spgemm_dense_cpu(a, b, shape)
+    return _spgemm_dense_torch(a, b, shape)
+
+
+def _spgemm_dense_torch(a, b, shape) -> torch.Tensor:
+    # On accelerators: torch's sparse CSR product (cuSPARSE), no host round trip.
+    B, n_y, n_x = shape
+    a_crow, a_col, a_val, inner = a
+    b_crow, b_col, b_val, n_cols = b
+    out = torch.zeros(shape, dtype=a_val.dtype, device=a_val.device)
+    if a_col.numel() == 0 or b_col.numel() == 0:
+        return out
+    am = torch.sparse_csr_tensor(a_crow, a_col, a_val, (B * n_y, inner), check_invariants=False)
+    bm = torch.sparse_csr_tensor(b_crow, b_col, b_val, (inner, n_cols), check_invariants=False)
+    prod = am @ bm
+    crow, col = prod.crow_indices(), prod.col_indices()
+    rows = torch.repeat_interleave(torch.arange(B * n_y, device=col.device), crow[1:] - crow[:-1], output_size=col.numel())
+    out.view(-1)[rows * n_x + col % n_x] = prod.values()
+    return out
+
+
+def _spgemm_dense_cpu(a, b, shape) -> torch.Tensor:
+    # scipy's SpGEMM releases the GIL: row blocks run on all of torch's threads.
+    import scipy.sparse as sp
+
+    B, n_y, n_x = shape
+    a_crow, a_col, a_val, inner = (t.numpy() if isinstance(t, torch.Tensor) else t for t in a)
+    b_crow, b_col, b_val, n_cols = (t.numpy() if isinstance(t, torch.Tensor) else t for t in b)
+    # toarray(out=...) below fills whole rows, zeros included.
+    out = (np.empty if B == 1 else np.zeros)((B * n_y, n_x), dtype=a_val.dtype)
+    if a_col.size == 0 or b_col.size == 0:
+        out.fill(0)
+        return torch.from_numpy(out).view(shape)
+    bm = sp.csr_matrix((b_val, b_col, b_crow), shape=(inner, n_cols))
+    n_rows = B * n_y
+    # Split the rows of A into blocks of about equal entries, one per thread.
+    n_blocks = max(1, min(torch.get_num_threads(), n_rows))
+    cuts = np.searchsorted(a_crow, np.linspace(0, a_crow[-1], n_blocks + 1), side="left")
+    cuts[0], cuts[-1] = 0, n_rows
+    cuts = np.unique(cuts)
+
+    def block(i: int) -> None:
+        r0, r1 = int(cuts[i]), int(cuts[i + 1])
+        lo, hi = a_crow[r0], a_crow[r1]
+        am = sp.csr_matrix((a_val[lo:hi], a_col[lo:hi], a_crow[r0 : r1 + 1] - lo), shape=(r1 - r0, inner))
+        prod = am @ bm
+        if B == 1:
+            prod.toarray(out=out[r0:r1])
+        else:  # only the diagonal blocks are non-zero
+            rows = np.repeat(np.arange(r0, r1), np.diff(prod.indptr))
+            out.reshape(-1)[rows * n_x + prod.indices % n_x] = prod.data
+
+    if len(cuts) > 2:
+        list(_thread_pool().map(block, range(len(cuts) - 1)))
+    else:
+        block(0)
+    return torch.from_numpy(out).view(shape)
+
+
+_POOL = None
+
+
+def _thread_pool():
+    global _POOL
+    if _POOL is None or _POOL._max_workers < torch.get_num_threads():
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="chsnn-spgemm")
+    return _POOL

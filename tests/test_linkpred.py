@@ -1,0 +1,183 @@
+"""Exact CH link prediction against the slow reference of CH-SPEC section 2."""
+
+import numpy as np
+import pytest
+import torch
+from ch_reference import reference_node_scores, reference_scores
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from chsnn import MODELS, ch_scores, ch_scores_batched, count_l3_paths
+from chsnn import linkpred
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def structured_masks(draw, max_side: int = 9, shape=None):
+    """Random bipartite masks with the structures that break naive formulas:
+    hubs (fully linked rows/columns), isolated nodes (empty rows/columns),
+    fully linked blocks, and degenerate 1-by-n shapes."""
+    n_out, n_in = shape or (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+    weight = draw(st.sampled_from([1, 2, 4, 8]))  # about 1/weight of cells linked
+    cell = st.sampled_from([True] + [False] * (weight - 1))
+    m = draw(arrays(np.bool_, (n_out, n_in), elements=cell))
+    if draw(st.booleans()):
+        r0, r1 = sorted(draw(st.lists(st.integers(0, n_out), min_size=2, max_size=2)))
+        c0, c1 = sorted(draw(st.lists(st.integers(0, n_in), min_size=2, max_size=2)))
+        m[r0:r1, c0:c1] = True
+    for row in draw(st.lists(st.integers(0, n_out - 1), max_size=2)):
+        m[row, :] = True
+    for col in draw(st.lists(st.integers(0, n_in - 1), max_size=2)):
+        m[:, col] = True
+    for row in draw(st.lists(st.integers(0, n_out - 1), max_size=2)):
+        m[row, :] = False
+    for col in draw(st.lists(st.integers(0, n_in - 1), max_size=2)):
+        m[:, col] = False
+    return m
+
+
+def assert_close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-9, atol=1e-12)
+
+
+def test_hand_computed_single_path():
+    # Links x0-y0, x1-y0, x1-y1; the absent x0-y1 has the one path x0-y0-x1-y1.
+    # y0: deg 2, di 1 (x1), de 0; x1: deg 2, di 1 (y0), de 0.
+    mask = torch.tensor([[1, 1], [0, 1]])
+    expected = {"RA": 1 / 2, "CH2": 2.0, "CH3": 1.0, "CH3.1": 2.0}
+    for model, value in expected.items():
+        scores = ch_scores(mask, model)
+        assert scores[1, 0].item() == pytest.approx(value, rel=1e-15)
+        assert torch.count_nonzero(scores) == 1
+
+
+@PROPERTY
+@given(structured_masks(), st.sampled_from(MODELS))
+def test_exact_equals_reference(mask, model):
+    assert_close(ch_scores(torch.from_numpy(mask), model), reference_scores(mask, model))
+
+
+@PROPERTY
+@given(structured_masks(), st.sampled_from(MODELS))
+def test_node_equals_reference(mask, model):
+    assert_close(ch_scores(torch.from_numpy(mask), model, "node"), reference_node_scores(mask, model))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.data())
+def test_one_by_n_shapes(n, data):
+    mask = data.draw(structured_masks(shape=data.draw(st.sampled_from([(1, n), (n, 1)]))))
+    for model in MODELS:
+        assert_close(ch_scores(torch.from_numpy(mask), model), reference_scores(mask, model))
+
+
+@PROPERTY
+@given(structured_masks(max_side=12), st.sampled_from(MODELS), st.sampled_from(["exact", "node"]))
+def test_transpose_invariance(mask, model, method):
+    m = torch.from_numpy(mask)
+    assert_close(ch_scores(m.T, model, method), ch_scores(m, model, method).T)
+
+
+@PROPERTY
+@given(structured_masks(max_side=12), st.sampled_from(MODELS), st.integers(0, 2**31), st.sampled_from(["exact", "node"]))
+def test_permutation_invariance(mask, model, seed, method):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.from_numpy(mask)
+    rows, cols = torch.randperm(m.shape[0], generator=g), torch.randperm(m.shape[1], generator=g)
+    assert_close(ch_scores(m[rows][:, cols], model, method), ch_scores(m, model, method)[rows][:, cols])
+
+
+def _hub_graph(seed=0):
+    rng = np.random.default_rng(seed)
+    m = rng.random((30, 45)) < 0.12
+    m[3] = True  # output hub
+    m[:, 7] = True  # input hub
+    m[10:16, 20:28] = True  # fully linked block
+    m[5] = False  # isolated output
+    m[:, 40] = False  # isolated input
+    return m
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_exact_on_larger_graph_with_hubs_and_blocks(model):
+    mask = _hub_graph()
+    assert_close(ch_scores(torch.from_numpy(mask), model), reference_scores(mask, model))
+
+
+@pytest.mark.parametrize("method", ["exact", "node"])
+def test_batched_equals_one_by_one(method):
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(6, 7, 11, generator=g) < 0.3
+    masks[2] = False  # an empty graph in the stack
+    masks[4, :, 3] = True
+    batched = ch_scores_batched(masks, "CH3", method)
+    for b in range(masks.shape[0]):
+        assert_close(batched[b], ch_scores(masks[b], "CH3", method))
+
+
+def test_internal_fallbacks_agree(monkeypatch):
+    """Sort-based counting, 64-bit indices and torch's sparse product (the
+    accelerator path, exercised here on the CPU) give the same scores."""
+    masks = torch.from_numpy(np.stack([_hub_graph(0), _hub_graph(1)]))
+    expected = {m: ch_scores_batched(masks, "CH3", m) for m in ("exact", "node")}
+    monkeypatch.setattr(linkpred, "_DENSE_COUNT_BINS", 0)
+    monkeypatch.setattr(linkpred, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(linkpred, "_spgemm_dense_cpu", linkpred._spgemm_dense_torch)
+    for method, scores in expected.items():
+        assert_close(ch_scores_batched(masks, "CH3", method), scores)
+
+
+def test_linked_positions_zero_and_output_format():
+    mask = torch.from_numpy(_hub_graph()).float()  # a 0/1 float mask is accepted
+    scores = ch_scores(mask)
+    assert scores.shape == mask.shape and scores.dtype == torch.float64 and scores.device == mask.device
+    assert torch.all(scores[mask.bool()] == 0)
+    assert torch.all(scores >= 0) and scores.max() > 0
+    assert ch_scores(mask, dtype=torch.float32).dtype == torch.float32
+    assert_close(ch_scores(mask.numpy()), scores)  # numpy input
+
+
+def test_empty_and_full_masks():
+    assert torch.count_nonzero(ch_scores(torch.zeros(4, 5, dtype=torch.bool))) == 0
+    assert torch.count_nonzero(ch_scores(torch.ones(4, 5, dtype=torch.bool))) == 0
+    assert ch_scores(torch.zeros(0, 5, dtype=torch.bool)).shape == (0, 5)
+
+
+def test_count_l3_paths_brute_force():
+    m = _hub_graph(2)
+    brute = sum(
+        1
+        for x in range(m.shape[1])
+        for y1 in np.flatnonzero(m[:, x])
+        for x1 in np.flatnonzero(m[y1])
+        for y in np.flatnonzero(m[:, x1])
+    )
+    assert count_l3_paths(torch.from_numpy(m)) == brute
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ch_scores(torch.ones(3, 3), model="CH4"), "valid models are RA, CH2, CH3, CH3.1"),
+        (lambda: ch_scores(torch.ones(3, 3), method="fast"), "valid methods are exact, node"),
+        (lambda: ch_scores(torch.ones(3)), "2-D"),
+        (lambda: ch_scores(torch.ones(2, 3, 3)), "2-D"),
+        (lambda: ch_scores(torch.tensor([[0.0, 0.5]])), "binary"),
+        (lambda: ch_scores(torch.tensor([[0, 2]])), "binary"),
+        (lambda: ch_scores_batched(torch.ones(3, 3)), "3-D"),
+    ],
+)
+def test_bad_input_is_named(call, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["exact", "node"])
+def test_cuda_equals_cpu(method):
+    mask = torch.from_numpy(_hub_graph())
+    on_gpu = ch_scores(mask.cuda(), "CH3", method)
+    assert on_gpu.device.type == "cuda"
+    assert_close(on_gpu.cpu(), ch_scores(mask, "CH3", method))
