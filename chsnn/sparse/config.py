@@ -1,0 +1,185 @@
+"""Engine configuration: one validated dataclass, method presets by name.
+
+A method preset fills the stage options (topology init, weight init, removal,
+regrowth...) that the user left unset; any stage can be overridden, so an
+ablation is one config change, e.g. ``{"method": "chsnn", "regrowth": "random"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from chsnn.linkpred import METHODS as LINKPRED_METHODS
+from chsnn.linkpred import MODELS as LINKPRED_MODELS
+
+TOPOLOGY_INITS = ("random", "sscti", "csti")
+WEIGHT_INITS = ("keep", "kaiming", "swi", "sswi")
+REMOVALS = ("magnitude", "mest", "ri", "lrs", "soft")
+REGROWTHS = ("none", "random", "gradient") + LINKPRED_MODELS
+ZETA_SCHEDULES = ("constant", "cosine")
+DENSITY_SCHEDULES = ("constant", "sigmoid")
+
+# Stage options of each method; the user's explicit options win.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "dense": dict(init="random", weight_init="keep", removal="magnitude", regrowth="none"),
+    "static": dict(init="random", weight_init="keep", removal="magnitude", regrowth="none"),
+    "set": dict(init="random", weight_init="keep", removal="magnitude", regrowth="random", regrow_removed=False),
+    "rigl": dict(init="random", weight_init="keep", removal="magnitude", regrowth="gradient", regrow_removed=False),
+    "mest": dict(init="random", weight_init="keep", removal="mest", regrowth="random", regrow_removed=False),
+    "cht": dict(init="csti", weight_init="swi", removal="magnitude", regrowth="CH3", regrow_removed=True),
+    "chts": dict(init="csti", weight_init="swi", removal="soft", regrowth="CH3", soft_regrowth=True, regrow_removed=True),
+    "chsnn": dict(init="sscti", weight_init="sswi", removal="lrs", regrowth="CH3", chain_removal=True, regrow_removed=True),
+}
+METHOD_NAMES = tuple(METHOD_PRESETS)
+
+
+class ConfigError(ValueError):
+    """A bad engine option: names the key, the value and what is allowed."""
+
+
+@dataclass
+class EngineConfig:
+    """Everything the sparse engine needs to know; see README "Engine options"."""
+
+    method: str = "chsnn"
+    sparsity: float = 0.9
+    # Topology updates happen every `update_interval` optimizer steps, up to `end_step`.
+    update_interval: int = 100
+    end_step: int | None = None
+    total_steps: int | None = None  # needed by the cosine / sigmoid / soft schedules
+    zeta: float = 0.3
+    zeta_schedule: str = "constant"
+    density_schedule: str = "constant"
+    initial_density: float | None = None  # start of the sigmoid density schedule
+    early_stop: bool = True
+    early_stop_overlap: float = 0.9
+    seed: int = 0
+    # Which layers: fnmatch patterns on module names, or class names.
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    sparsify_output: bool = False
+    # Stages (None: the method's preset).
+    init: str | None = None
+    weight_init: str | None = None
+    removal: str | None = None
+    regrowth: str | None = None
+    linkpred: str = "exact"
+    chain_removal: bool | None = None
+    chain: str | list = "auto"  # "auto", "none", or explicit [[layer_a, layer_b], ...]
+    regrow_removed: bool | None = None
+    soft_regrowth: bool | None = None
+    soft_temperature: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    sscti_soft: bool = False
+    lrs_alpha: float = 0.5
+    mest_grad_coeff: float = 0.01
+    rigl_accumulation: int = 1
+    init_gain: float = 2.0
+    calibration_batches: int = 1
+    calibration_samples: int = 4096
+    hebb: dict | None = None  # Hebb-SET: {"lr": 1e-3, "decay": 0.999, "window": 20}
+
+    @classmethod
+    def from_dict(cls, options: dict | None = None, **overrides) -> "EngineConfig":
+        """Build from a mapping; unknown keys fail naming the allowed ones."""
+        merged = dict(options or {})
+        merged.update(overrides)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown engine option(s) {', '.join(map(repr, unknown))}; allowed options are: {', '.join(sorted(known))}"
+            )
+        return cls(**merged).resolved()
+
+    def resolved(self) -> "EngineConfig":
+        """Validate and fill the stage options from the method preset."""
+        if self.method not in METHOD_PRESETS:
+            raise ConfigError(f"unknown method {self.method!r}; valid methods are {', '.join(METHOD_NAMES)}")
+        cfg = dataclasses.replace(self)
+        defaults = dict(chain_removal=False, regrow_removed=False, soft_regrowth=False)
+        defaults.update(METHOD_PRESETS[cfg.method])
+        for key, value in defaults.items():
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        if cfg.method == "dense":
+            cfg.sparsity = 0.0
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        def bad(key, allowed):
+            raise ConfigError(f"engine option {key}={getattr(self, key)!r} is not allowed; {allowed}")
+
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+            bad("sparsity", "it must be a number in [0, 1), e.g. 0.99 keeps 1% of the links")
+        for key, allowed in [
+            ("init", TOPOLOGY_INITS),
+            ("weight_init", WEIGHT_INITS),
+            ("removal", REMOVALS),
+            ("regrowth", REGROWTHS),
+            ("linkpred", LINKPRED_METHODS),
+            ("zeta_schedule", ZETA_SCHEDULES),
+            ("density_schedule", DENSITY_SCHEDULES),
+        ]:
+            if getattr(self, key) not in allowed:
+                bad(key, f"valid values are {', '.join(allowed)}")
+        if not isinstance(self.update_interval, int) or self.update_interval < 0:
+            bad("update_interval", "it must be a whole number >= 0 (0 disables topology updates)")
+        if not 0.0 <= self.zeta <= 1.0:
+            bad("zeta", "it must be in [0, 1] (the fraction of links replaced per update)")
+        if not 0.0 < self.early_stop_overlap <= 1.0:
+            bad("early_stop_overlap", "it must be in (0, 1]")
+        if self.lrs_alpha < 0 or self.lrs_alpha > 1:
+            bad("lrs_alpha", "it must be in [0, 1] (weight of magnitude against relative importance)")
+        if self.rigl_accumulation < 1:
+            bad("rigl_accumulation", "it must be >= 1 (steps of dense gradient summed before an update)")
+        if self.calibration_batches < 1 or self.calibration_samples < 2:
+            bad("calibration_batches", "use >= 1 batch and calibration_samples >= 2")
+        if self.init_gain <= 0:
+            bad("init_gain", "it must be > 0")
+        if len(self.soft_temperature) != 2 or min(self.soft_temperature) <= 0:
+            bad("soft_temperature", "give [start, end], both > 0")
+        needs_total = []
+        if self.zeta_schedule == "cosine":
+            needs_total.append("zeta_schedule=cosine")
+        if self.density_schedule == "sigmoid":
+            needs_total.append("density_schedule=sigmoid")
+            d = 1.0 - self.sparsity
+            if self.initial_density is None or not d <= self.initial_density <= 1.0:
+                bad("initial_density", f"the sigmoid schedule needs a start density in [{d:g}, 1] (the target density is {d:g})")
+        if needs_total and (self.total_steps is None or self.total_steps < 1):
+            raise ConfigError(f"{' and '.join(needs_total)} need total_steps (the number of optimizer steps of the run)")
+        if not (self.chain in ("auto", "none") or isinstance(self.chain, (list, tuple))):
+            bad("chain", 'use "auto", "none" or a list of [layer_a, layer_b] pairs')
+        if self.hebb is not None:
+            unknown = set(self.hebb) - {"lr", "decay", "window"}
+            if unknown:
+                bad("hebb", f"unknown Hebb-SET keys {sorted(unknown)}; allowed: lr, decay, window")
+
+    # Schedules -------------------------------------------------------------
+
+    def zeta_at(self, step: int) -> float:
+        if self.zeta_schedule == "cosine":
+            return self.zeta * 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        return self.zeta
+
+    def density_at(self, step: int) -> float:
+        """CHTss sigmoid decay from initial_density to the target density."""
+        target = 1.0 - self.sparsity
+        if self.density_schedule != "sigmoid":
+            return target
+
+        def s(t):
+            return 1.0 / (1.0 + math.exp(-10.0 * (t - 0.5)))
+
+        progress = (s(min(step, self.total_steps) / self.total_steps) - s(0)) / (s(1) - s(0))
+        return self.initial_density + (target - self.initial_density) * progress
+
+    def temperature_at(self, step: int) -> float:
+        start, end = self.soft_temperature
+        if not self.total_steps:
+            return start
+        return start + (end - start) * min(step, self.total_steps) / self.total_steps

@@ -1,0 +1,576 @@
+"""The sparse engine: owns the masks, enforces them, evolves the topology.
+
+    engine = SparseEngine(model, optimizer, {"method": "chsnn", "sparsity": 0.99},
+                          calibration=train_loader)
+    for x, y in loader:                     # an ordinary training loop
+        loss_fn(model(x), y).backward()
+        optimizer.step()                    # the engine hooks in after each step
+        optimizer.zero_grad()
+
+Masks are bool buffers ``weight_mask`` on the sparsified modules (so they
+follow ``model.to(device)`` and ``model.state_dict()``). Gradients are masked
+as they are accumulated; after every optimizer step the weights are masked
+again; at topology updates the optimizer state is zeroed where links change.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from chsnn.linkpred import ch_scores
+from chsnn.linkpred import MODELS as CH_MODELS
+from chsnn.sparse.calibration import batch_input, record_activity, reset_states, to_device, trace_order
+from chsnn.sparse.config import ConfigError, EngineConfig
+from chsnn.sparse.hebb import HebbRule
+from chsnn.sparse.masks import any_along, count
+from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
+from chsnn.sparse.targets import KERNEL, LINEAR, SparseTarget, find_targets
+
+MASK = "weight_mask"
+_STATE_VERSION = 1
+
+
+def _default_forward(model: nn.Module, batch):
+    return model(batch_input(batch))
+
+
+def make_config(config=None, **options) -> EngineConfig:
+    """EngineConfig from a config, a dict, a method name or keywords."""
+    if isinstance(config, EngineConfig):
+        return EngineConfig.from_dict(dataclasses.asdict(config), **options)
+    if isinstance(config, str):
+        return EngineConfig.from_dict({"method": config}, **options)
+    if config is None or isinstance(config, dict):
+        return EngineConfig.from_dict(config, **options)
+    raise ConfigError(f"config must be an EngineConfig, a dict or a method name, not {type(config).__name__}")
+
+
+class SparseEngine:
+    """Dynamic sparse training of any PyTorch model (see module docstring).
+
+    Args:
+        model: the eager model (pass the original, not a ``torch.compile``
+            wrapper; compiling it afterwards is fine).
+        optimizer: hooked so the engine runs after every ``step()``; with
+            ``None`` call ``engine.step()`` yourself after each step.
+        config: ``EngineConfig``, dict, or method name; ``options`` override it.
+        calibration: iterable of batches (``x`` or ``(x, y)``) for SSCTI/CSTI,
+            SSWI and the activity-aware removal; the first
+            ``calibration_batches`` are kept on the model's device.
+        forward_fn: ``forward_fn(model, batch)`` runs one calibration batch
+            (default ``model(x)``); spiking states are reset after each call.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, config=None, *, calibration=None, forward_fn: Callable | None = None, **options):
+        self.config = cfg = make_config(config, **options)
+        self.model = model
+        self.optimizer = optimizer
+        self.forward_fn = forward_fn or _default_forward
+        targets, self.dense_output = find_targets(model, cfg.include, cfg.exclude, cfg.sparsify_output)
+        if not targets:
+            raise ConfigError(
+                f"no sparsifiable layer in {type(model).__name__}: the engine sparsifies nn.Linear, 1x1 Conv1d/Conv2d "
+                f"and k x k Conv2d with groups=1 (include={cfg.include}, exclude={cfg.exclude}); "
+                + ("its only such layer is the output layer, kept dense unless sparsify_output=True" if self.dense_output else "")
+            )
+        for t in targets:
+            if hasattr(t.module, MASK):
+                raise ConfigError(f"{t.describe()} already has a {MASK}: another engine is attached; call its remove() first")
+        self.device = targets[0].weight.device
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.step_count = 0
+        self.n_updates = 0
+        self.frozen: set[str] = set()
+        self.records: list[dict] = []
+        self._rigl_acc: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        self.calibration = self._cache_calibration(calibration)
+        missing = self._calibration_uses()
+        if missing and self.calibration is None:
+            raise ConfigError(
+                f"method {cfg.method!r} needs calibration batches for {', '.join(missing)}: pass calibration=<a loader of input batches>, "
+                "or switch those stages to their baselines (init=random, weight_init=kaiming, removal=magnitude)"
+            )
+        self.targets = trace_order(model, self.calibration[0], targets, self.forward_fn) if self.calibration else targets
+        self.by_name = {t.name: t for t in self.targets}
+        self.chains = self._resolve_chains()
+        self.successor = {a.name: b for a, b in self.chains}
+        self.sparse = cfg.method != "dense"
+        self.hebb = None
+        if self.sparse:
+            self._check_feasible(cfg.density_at(0))
+            for t in self.targets:
+                t.module.register_buffer(MASK, torch.ones_like(t.weight, dtype=torch.bool), persistent=True)
+            self._initialise()
+            self._attach_hooks()
+            self._arm_rigl()
+
+    # Set-up ------------------------------------------------------------------
+
+    def _cache_calibration(self, loader):
+        if loader is None:
+            return None
+        batches = []
+        for batch in loader:
+            batches.append(to_device(batch, self.device))
+            if len(batches) >= self.config.calibration_batches:
+                break
+        if not batches:
+            raise ConfigError("the calibration loader yielded no batch; give it at least one batch of inputs")
+        return batches
+
+    def _calibration_uses(self) -> list[str]:
+        cfg = self.config
+        uses = []
+        if cfg.method == "dense":
+            return uses
+        if cfg.init in ("sscti", "csti"):
+            uses.append(f"init={cfg.init}")
+        if cfg.weight_init == "sswi":
+            uses.append("weight_init=sswi")
+        if cfg.removal == "lrs":
+            uses.append("removal=lrs (inactive neurons)")
+        return uses
+
+    def _resolve_chains(self) -> list[tuple[SparseTarget, SparseTarget]]:
+        """Pairs (a, b) where a's output neurons are b's input neurons."""
+        chain = self.config.chain
+        if chain == "none":
+            return []
+        if chain == "auto":
+            linear = [t for t in self.targets if t.kind == LINEAR]
+            return [(a, b) for a, b in zip(linear, linear[1:]) if a.n_out == b.n_in]
+        pairs = []
+        for pair in chain:
+            if len(pair) != 2 or any(name not in self.by_name for name in pair):
+                raise ConfigError(f"chain pair {pair!r} must name two sparse layers out of {sorted(self.by_name)}")
+            a, b = (self.by_name[name] for name in pair)
+            if a.kind != LINEAR or b.kind != LINEAR or a.n_out != b.n_in:
+                raise ConfigError(f"chain pair {pair!r}: {a.describe()} outputs must be {b.describe()} inputs (linear layers, {a.n_out} vs {b.n_in})")
+            pairs.append((a, b))
+        return pairs
+
+    def target_links(self, t: SparseTarget, density: float) -> int:
+        """Links a layer keeps at a density: exact count for linear layers;
+        for kernel layers the same count in every kernel."""
+        if t.kind == KERNEL:
+            return self._per_kernel(t, density) * (t.numel // t.kernel_size)
+        return round(density * t.numel)
+
+    @staticmethod
+    def _per_kernel(t: SparseTarget, density: float) -> int:
+        return round(density * t.kernel_size)
+
+    def _check_feasible(self, density: float) -> None:
+        for d in {density, 1.0 - self.config.sparsity}:
+            for t in self.targets:
+                if self.target_links(t, d) < 1:
+                    unit = f"of the {t.kernel_size} positions of each kernel" if t.kind == KERNEL else f"of {t.numel} links"
+                    raise ConfigError(
+                        f"sparsity {1 - d:g} leaves {t.describe()} with no link ({d:g} {unit}); lower the sparsity or exclude the layer"
+                    )
+
+    def _initialise(self) -> None:
+        """Topology (random / SSCTI / CSTI) and weights (keep / Kaiming / SWI
+        / SSWI), layer by layer in forward order so each layer's calibration
+        input already reflects the sparse layers before it."""
+        cfg = self.config
+        density = cfg.density_at(0)
+        correlated = cfg.init in ("sscti", "csti")
+        for t in self.targets:
+            stats = None
+            if self.calibration and (correlated or cfg.weight_init == "sswi"):
+                keep = cfg.calibration_samples if correlated and t.kind == LINEAR else 0
+                stats = record_activity(self.model, self.calibration, [t], self.forward_fn, self.generator, keep, stop_after=t)[t.name]
+            mask = self._initial_mask(t, density, stats)
+            with torch.no_grad():
+                getattr(t.module, MASK).copy_(mask.view_as(t.weight))
+                self._init_weights(t, stats)
+
+    def _initial_mask(self, t: SparseTarget, density: float, stats) -> torch.Tensor:
+        cfg = self.config
+        if t.kind == KERNEL:  # CHT-Conv: random per-kernel masks
+            rows = torch.ones(t.numel // t.kernel_size, t.kernel_size, dtype=torch.bool, device=self.device)
+            return select_top_per_row(None, rows, self._per_kernel(t, density), self.generator)
+        everything = torch.ones(t.n_out, t.n_in, dtype=torch.bool, device=self.device)
+        n = self.target_links(t, density)
+        if cfg.init == "random" or stats is None:
+            return select_top(None, everything, n, self.generator)
+        # SSCTI / CSTI: each output neuron y is anchored at input y mod n_in and
+        # keeps the links whose inputs correlate most with the anchor.
+        corr = stats.correlation().abs()
+        scores = corr[torch.arange(t.n_out, device=corr.device) % t.n_in]
+        if cfg.sscti_soft:
+            return sample_weighted(scores, everything, n, self.generator)
+        return select_top(scores, everything, n, self.generator)
+
+    def _init_weights(self, t: SparseTarget, stats) -> None:
+        cfg = self.config
+        w = t.weight
+        mask2d = t.as_2d(getattr(t.module, MASK))
+        if cfg.weight_init == "keep":
+            w.mul_(getattr(t.module, MASK))
+            return
+        gain = cfg.init_gain
+        if cfg.weight_init == "kaiming":
+            std = torch.full((t.n_out, 1), math.sqrt(gain / t.n_in), dtype=torch.float64, device=self.device)
+        elif cfg.weight_init == "swi":
+            density = count(mask2d) / t.numel
+            std = torch.full((t.n_out, 1), math.sqrt(gain / (density * t.n_in)), dtype=torch.float64, device=self.device)
+        else:  # sswi: variance over the effective active inputs of each neuron
+            indeg = mask2d.sum(1, dtype=torch.float64)
+            if stats is not None:
+                effective = mask2d.to(torch.float64) @ stats.second_moment.to(self.device)
+                effective = torch.where(effective > 1e-12, effective, indeg)
+            else:
+                effective = indeg
+            std = torch.sqrt(gain / effective.clamp_min(1.0e-12)).unsqueeze(1)
+        noise = torch.randn(t.n_out, t.n_in, generator=self.generator, device=self.device, dtype=torch.float64)
+        w.copy_((noise * std * mask2d).to(w.dtype).view_as(w))
+
+    def _attach_hooks(self) -> None:
+        for t in self.targets:
+            self._handles.append(t.weight.register_post_accumulate_grad_hook(self._grad_hook(t)))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step()))
+        if self.config.hebb is not None:
+            self.hebb = HebbRule(self.targets, self.successor, **self.config.hebb)
+            self.hebb.attach()
+
+    def _grad_hook(self, t: SparseTarget):
+        def hook(param: torch.Tensor) -> None:
+            if param.grad is None:
+                return
+            acc = self._rigl_acc.get(t.name)
+            if acc is not None:  # RigL: the dense gradient, before masking
+                acc.add_(param.grad)
+            param.grad.mul_(getattr(t.module, MASK))
+
+        return hook
+
+    def remove(self) -> None:
+        """Detach hooks and mask buffers; the weights keep their zeros."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.hebb is not None:
+            self.hebb.detach()
+        if self.sparse:
+            for t in self.targets:
+                if hasattr(t.module, MASK):
+                    delattr(t.module, MASK)
+            self.sparse = False
+
+    # Training-time -----------------------------------------------------------
+
+    def step(self) -> None:
+        """After each optimizer step: Hebb term, masks, maybe an update."""
+        if not self.sparse:
+            self.step_count += 1
+            return
+        self.step_count += 1
+        if self.hebb is not None:
+            self.hebb.apply(self.step_count)
+        self.apply_masks()
+        if self.update_due(self.step_count):
+            self.update_topology()
+        self._arm_rigl()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        for t in self.targets:
+            t.weight.mul_(getattr(t.module, MASK))
+
+    def update_due(self, step: int) -> bool:
+        cfg = self.config
+        return (
+            self.sparse
+            and cfg.regrowth != "none"
+            and cfg.update_interval > 0
+            and step % cfg.update_interval == 0
+            and (cfg.end_step is None or step <= cfg.end_step)
+            and len(self.frozen) < len(self.targets)
+        )
+
+    def _arm_rigl(self) -> None:
+        """Sum dense gradients over the last ``rigl_accumulation`` steps
+        before each update (and only then, to keep steps cheap)."""
+        cfg = self.config
+        if cfg.regrowth != "gradient" or cfg.update_interval <= 0:
+            return
+        nxt = (self.step_count // cfg.update_interval + 1) * cfg.update_interval
+        if nxt - self.step_count <= cfg.rigl_accumulation:
+            for t in self.targets:
+                if t.name not in self._rigl_acc:
+                    self._rigl_acc[t.name] = torch.zeros_like(t.weight)
+
+    # Topology update -----------------------------------------------------------
+
+    @torch.no_grad()
+    def update_topology(self) -> dict:
+        """Remove a fraction zeta of each layer's links, chain-remove dead
+        neurons, regrow to the (scheduled) density; returns the record."""
+        cfg = self.config
+        start = time.perf_counter()
+        step = self.step_count
+        zeta, density = cfg.zeta_at(step), cfg.density_at(step)
+        active = [t for t in self.targets if t.name not in self.frozen]
+        activity = self._activity() if cfg.removal == "lrs" else None
+        plans = {}
+        for t in active:
+            t0 = time.perf_counter()
+            before = t.as_2d(getattr(t.module, MASK)).clone()
+            removed = self._removal(t, before, zeta, density, activity, step)
+            plans[t.name] = {"before": before, "removed": removed, "chain": 0, "ms": (time.perf_counter() - t0) * 1e3}
+        if cfg.chain_removal:
+            self._chain_remove(plans)
+        layers = []
+        for t in active:
+            plan = plans[t.name]
+            t0 = time.perf_counter()
+            after = plan["before"] & ~plan["removed"]
+            regrown = self._regrowth(t, after, plan["removed"], density)
+            self._commit(t, plan["removed"], regrown, after | regrown)
+            layers.append(self._layer_record(t, plan, regrown, plan["ms"] + (time.perf_counter() - t0) * 1e3))
+        self._rigl_acc.clear()
+        self.n_updates += 1
+        for rec in layers:
+            at_target = abs(density - (1.0 - cfg.sparsity)) < 1e-12
+            if cfg.early_stop and at_target and rec["removed"] and rec["overlap"] > cfg.early_stop_overlap:
+                self.frozen.add(rec["name"])
+                rec["frozen"] = True
+        record = {
+            "step": step,
+            "update": self.n_updates,
+            "zeta": zeta,
+            "density": density,
+            "layers": layers,
+            "percolation": self.percolation(),
+            "ms": (time.perf_counter() - start) * 1e3,
+        }
+        self.records.append(record)
+        return record
+
+    def _activity(self) -> dict[str, dict]:
+        """Presynaptic (and, through chains, postsynaptic) activity of each
+        layer on the calibration batches: a neuron is inactive at exactly 0."""
+        stats = record_activity(self.model, self.calibration, self.targets, self.forward_fn, self.generator)
+        pre = {name: s.mean_abs.to(self.device) for name, s in stats.items()}
+        return {t.name: {"pre": pre[t.name], "post": pre[self.successor[t.name].name] if t.name in self.successor else None} for t in self.targets}
+
+    def _removal(self, t: SparseTarget, before: torch.Tensor, zeta: float, density: float, activity, step: int) -> torch.Tensor:
+        cfg = self.config
+        w = t.as_2d(t.weight).detach().abs().to(torch.float64)
+        if t.kind == KERNEL:  # inside each kernel: the smallest magnitudes
+            rows = t.as_kernels(before)
+            per = count(rows[0])
+            n = min(per, round(zeta * per) + max(0, per - self._per_kernel(t, density)))
+            scores = w
+            if cfg.removal == "mest" and t.weight.grad is not None:
+                scores = w + cfg.mest_grad_coeff * t.as_2d(t.weight.grad).abs().to(torch.float64)
+            return t.as_2d(select_top_per_row(t.as_kernels(scores), rows, n, self.generator, largest=False))
+        # Linear layers: score the existing links only, as a list.
+        link = before.reshape(-1).nonzero().squeeze(1)
+        links = link.numel()
+        n = min(links, round(zeta * links) + max(0, links - self.target_links(t, density)))
+        w_link = w.reshape(-1)[link]
+        everyone = torch.ones(links, dtype=torch.bool, device=self.device)
+        if cfg.removal == "soft":  # CHTs: keep links sampled by |w|^T
+            keep = sample_weighted(w_link.pow(cfg.temperature_at(step)), everyone, links - n, self.generator)
+            return self._links_to_mask(before, link[~keep])
+        rows, cols = link // t.n_in, link % t.n_in
+        if cfg.removal == "magnitude":
+            scores = w_link
+        elif cfg.removal == "mest":
+            g = t.weight.grad
+            scores = w_link if g is None else w_link + cfg.mest_grad_coeff * g.detach().reshape(-1)[link].abs().to(torch.float64)
+        else:  # relative importance: |w| over its input's and its output's totals
+            col_sum = torch.zeros(t.n_in, dtype=torch.float64, device=self.device).index_add_(0, cols, w_link)
+            row_sum = torch.zeros(t.n_out, dtype=torch.float64, device=self.device).index_add_(0, rows, w_link)
+            ri = w_link / col_sum[cols].clamp_min(1e-300) + w_link / row_sum[rows].clamp_min(1e-300)
+            if cfg.removal == "ri":
+                scores = ri
+            else:  # lrs: magnitude and relative importance; inactive neurons first
+                a = cfg.lrs_alpha
+                scores = a * w_link / w_link.max().clamp_min(1e-300) + (1 - a) * ri / ri.max().clamp_min(1e-300)
+                act = activity[t.name]
+                inactive = act["pre"][cols] == 0
+                if act["post"] is not None:
+                    inactive |= act["post"][rows] == 0
+                scores = scores.masked_fill(inactive, -1.0)
+        return self._links_to_mask(before, link[select_top(scores, everyone, n, self.generator, largest=False)])
+
+    @staticmethod
+    def _links_to_mask(like: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(like)
+        out.view(-1)[flat_index] = True
+        return out
+
+    def _chain_remove(self, plans: dict) -> None:
+        """A hidden neuron left without incoming links loses its outgoing ones
+        and vice versa, repeated through the stack until nothing changes."""
+        changed = True
+        while changed:
+            changed = False
+            for a, b in self.chains:
+                if a.name not in plans or b.name not in plans:
+                    continue
+                pa, pb = plans[a.name], plans[b.name]
+                ma, mb = pa["before"] & ~pa["removed"], pb["before"] & ~pb["removed"]
+                kill_b = mb & ~any_along(ma, 1).unsqueeze(0)
+                kill_a = ma & ~any_along(mb, 0).unsqueeze(1)
+                for plan, kill in ((pa, kill_a), (pb, kill_b)):
+                    n = count(kill)
+                    if n:
+                        plan["removed"] = plan["removed"] | kill
+                        plan["chain"] += n
+                        changed = True
+
+    def _regrowth(self, t: SparseTarget, after: torch.Tensor, removed: torch.Tensor, density: float) -> torch.Tensor:
+        cfg = self.config
+        candidates = ~after if cfg.regrow_removed else ~after & ~removed
+        scores = None
+        if cfg.regrowth == "gradient":
+            acc = self._rigl_acc.get(t.name)
+            scores = None if acc is None else t.as_2d(acc).abs()
+        elif cfg.regrowth in CH_MODELS:
+            scores = ch_scores(after, cfg.regrowth, cfg.linkpred)
+        if t.kind == KERNEL:
+            rows_after = t.as_kernels(after)
+            n = self._per_kernel(t, density) - count(rows_after[0])
+            rows_cand = t.as_kernels(candidates)
+            if int(rows_cand.sum(1).min()) < n:  # a kernel has too few: allow re-growing removed
+                rows_cand = ~rows_after
+            kscores = None if scores is None else t.as_kernels(scores)
+            return t.as_2d(select_top_per_row(kscores, rows_cand, n, self.generator))
+        n = self.target_links(t, density) - int(torch.count_nonzero(after))
+        if int(torch.count_nonzero(candidates)) < n:
+            candidates = ~after
+        if cfg.soft_regrowth and scores is not None:
+            return sample_weighted(scores, candidates, n, self.generator)
+        return select_top(scores, candidates, n, self.generator)
+
+    def _commit(self, t: SparseTarget, removed: torch.Tensor, regrown: torch.Tensor, new: torch.Tensor) -> None:
+        """New mask; weights and optimizer state zero at removed and regrown
+        links (new links start at weight 0)."""
+        w = t.weight
+        changed = (removed | regrown).reshape(-1).nonzero().squeeze(1)
+        w.view(-1)[changed] = 0
+        getattr(t.module, MASK).copy_(new.view_as(w))
+        if self.optimizer is not None:
+            state = self.optimizer.state.get(w, {})
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.shape == w.shape:
+                    value.view(-1)[changed] = 0
+
+    def _layer_record(self, t: SparseTarget, plan: dict, regrown: torch.Tensor, ms: float) -> dict:
+        removed = plan["removed"]
+        n_removed = count(removed)
+        stats = self.layer_stats(t)
+        return {
+            "name": t.name,
+            "links": stats["links"],
+            "density": stats["density"],
+            "removed": n_removed,
+            "chain_removed": plan["chain"],
+            "regrown": count(regrown),
+            "overlap": count(removed & regrown) / n_removed if n_removed else 0.0,
+            "active_in": stats["active_in"],
+            "active_out": stats["active_out"],
+            "frozen": False,
+            "ms": ms,
+        }
+
+    # Reading ---------------------------------------------------------------------
+
+    def mask(self, name: str) -> torch.Tensor:
+        return getattr(self.by_name[name].module, MASK)
+
+    def layer_stats(self, t: SparseTarget | str) -> dict:
+        """Links, density and active neurons of one layer (kernel layers also
+        give the min/max active positions per kernel)."""
+        t = self.by_name[t] if isinstance(t, str) else t
+        m = t.as_2d(getattr(t.module, MASK)) if self.sparse else torch.ones(t.n_out, t.n_in, dtype=torch.bool)
+        links = count(m)
+        out = {
+            "name": t.name,
+            "kind": t.kind,
+            "shape": list(t.weight.shape),
+            "links": links,
+            "density": links / t.numel,
+            "active_out": count(any_along(m, 1)),
+        }
+        if t.kind == KERNEL:
+            per_kernel = t.as_kernels(m).sum(1)
+            channels = any_along(m.reshape(t.n_out, -1, t.kernel_size), 2)
+            out.update(active_in=count(any_along(channels, 0)), kernel_active_min=int(per_kernel.min()), kernel_active_max=int(per_kernel.max()))
+        else:
+            out["active_in"] = count(any_along(m, 0))
+        return out
+
+    def stats(self) -> list[dict]:
+        return [self.layer_stats(t) for t in self.targets]
+
+    def sparsity(self) -> float:
+        """Overall sparsity of the sparse layers."""
+        links = sum(s["links"] for s in self.stats())
+        return 1.0 - links / sum(t.numel for t in self.targets)
+
+    def percolation(self) -> float:
+        """Fraction of the sparse linear layers' output neurons still linked."""
+        linear = [t for t in self.targets if t.kind == LINEAR]
+        if not linear or not self.sparse:
+            return 1.0
+        alive = sum(count(any_along(t.as_2d(getattr(t.module, MASK)), 1)) for t in linear)
+        return alive / sum(t.n_out for t in linear)
+
+    def __repr__(self) -> str:
+        lines = [f"SparseEngine(method={self.config.method}, sparsity={self.config.sparsity}, step={self.step_count}, updates={self.n_updates})"]
+        for s in self.stats():
+            lines.append(f"  {s['name']}: {s['kind']} {'x'.join(map(str, s['shape']))} density {s['density']:.4f}")
+        if self.dense_output:
+            lines.append(f"  {self.dense_output}: output layer, dense")
+        return "\n".join(lines)
+
+    # Checkpoints -----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "version": _STATE_VERSION,
+            "config": dataclasses.asdict(self.config),
+            "step": self.step_count,
+            "n_updates": self.n_updates,
+            "frozen": sorted(self.frozen),
+            "generator": self.generator.get_state(),
+            "masks": {t.name: getattr(t.module, MASK).detach().cpu().clone() for t in self.targets} if self.sparse else {},
+            "rigl_acc": {k: v.detach().cpu().clone() for k, v in self._rigl_acc.items()},
+            "hebb": self.hebb.state_dict() if self.hebb is not None else {},
+            "records": copy.deepcopy(self.records),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"engine state version {state.get('version')!r} is not {_STATE_VERSION}; it was written by another chsnn")
+        names = set(state["masks"])
+        if self.sparse and names != set(self.by_name):
+            raise ValueError(f"engine state is for layers {sorted(names)}, this engine has {sorted(self.by_name)}")
+        self.step_count = state["step"]
+        self.n_updates = state["n_updates"]
+        self.frozen = set(state["frozen"])
+        self.generator.set_state(state["generator"])
+        for name, mask in state["masks"].items():
+            t = self.by_name[name]
+            getattr(t.module, MASK).copy_(mask.to(self.device))
+        self.apply_masks() if self.sparse else None
+        self._rigl_acc = {k: v.to(self.device) for k, v in state["rigl_acc"].items()}
+        if self.hebb is not None:
+            self.hebb.load_state_dict(state["hebb"], self.device)
+        self.records = copy.deepcopy(state["records"])
