@@ -13,12 +13,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from chsnn.linkpred import METHODS as LINKPRED_METHODS
-from chsnn.linkpred import MODELS as LINKPRED_MODELS
 
-TOPOLOGY_INITS = ("random", "sscti", "csti")
-WEIGHT_INITS = ("keep", "kaiming", "swi", "sswi")
-REMOVALS = ("magnitude", "mest", "ri", "lrs", "soft")
-REGROWTHS = ("none", "random", "gradient") + LINKPRED_MODELS
+from chsnn.sparse import strategies
+
 ZETA_SCHEDULES = ("constant", "cosine")
 DENSITY_SCHEDULES = ("constant", "sigmoid")
 
@@ -116,10 +113,10 @@ class EngineConfig:
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
             bad("sparsity", "it must be a number in [0, 1), e.g. 0.99 keeps 1% of the links")
         for key, allowed in [
-            ("init", TOPOLOGY_INITS),
-            ("weight_init", WEIGHT_INITS),
-            ("removal", REMOVALS),
-            ("regrowth", REGROWTHS),
+            ("init", tuple(strategies.TOPOLOGY_INITS)),
+            ("weight_init", tuple(strategies.WEIGHT_INITS)),
+            ("removal", tuple(strategies.REMOVALS)),
+            ("regrowth", tuple(strategies.REGROWTHS)),
             ("linkpred", LINKPRED_METHODS),
             ("zeta_schedule", ZETA_SCHEDULES),
             ("density_schedule", DENSITY_SCHEDULES),

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
-from chsnn.linkpred import ch_scores
-from chsnn.linkpred import MODELS as CH_MODELS
-from chsnn.sparse.calibration import batch_input, record_activity, reset_states, to_device, trace_order
+from chsnn.sparse.calibration import batch_input, record_activity, to_device, trace_order
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.hebb import HebbRule
+from chsnn.sparse import strategies
 from chsnn.sparse.masks import any_along, count
 from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
 from chsnn.sparse.targets import KERNEL, LINEAR, SparseTarget, find_targets
@@ -89,6 +87,8 @@ class SparseEngine:
         self.n_updates = 0
         self.frozen: set[str] = set()
         self.records: list[dict] = []
+        # Per layer, the (n_out, n_in) masks of the last update: before, removed, regrown.
+        self.last_changes: dict[str, dict] = {}
         self._rigl_acc: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self.calibration = self._cache_calibration(calibration)
@@ -109,8 +109,8 @@ class SparseEngine:
             for t in self.targets:
                 t.module.register_buffer(MASK, torch.ones_like(t.weight, dtype=torch.bool), persistent=True)
             self._initialise()
-            self._attach_hooks()
             self._arm_rigl()
+        self._attach_hooks()
 
     # Set-up ------------------------------------------------------------------
 
@@ -193,53 +193,31 @@ class SparseEngine:
             with torch.no_grad():
                 getattr(t.module, MASK).copy_(mask.view_as(t.weight))
                 self._init_weights(t, stats)
+                self._zero_optimizer_state(t, ~getattr(t.module, MASK))
 
     def _initial_mask(self, t: SparseTarget, density: float, stats) -> torch.Tensor:
-        cfg = self.config
         if t.kind == KERNEL:  # CHT-Conv: random per-kernel masks
             rows = torch.ones(t.numel // t.kernel_size, t.kernel_size, dtype=torch.bool, device=self.device)
             return select_top_per_row(None, rows, self._per_kernel(t, density), self.generator)
-        everything = torch.ones(t.n_out, t.n_in, dtype=torch.bool, device=self.device)
-        n = self.target_links(t, density)
-        if cfg.init == "random" or stats is None:
-            return select_top(None, everything, n, self.generator)
-        # SSCTI / CSTI: each output neuron y is anchored at input y mod n_in and
-        # keeps the links whose inputs correlate most with the anchor.
-        corr = stats.correlation().abs()
-        scores = corr[torch.arange(t.n_out, device=corr.device) % t.n_in]
-        if cfg.sscti_soft:
-            return sample_weighted(scores, everything, n, self.generator)
-        return select_top(scores, everything, n, self.generator)
+        init = self.config.init if stats is not None else "random"
+        return strategies.TOPOLOGY_INITS[init](t.n_out, t.n_in, self.target_links(t, density), stats, self.config, self.generator)
 
     def _init_weights(self, t: SparseTarget, stats) -> None:
-        cfg = self.config
-        w = t.weight
         mask2d = t.as_2d(getattr(t.module, MASK))
-        if cfg.weight_init == "keep":
-            w.mul_(getattr(t.module, MASK))
+        std = strategies.WEIGHT_INITS[self.config.weight_init](self.config, t.n_in, mask2d, stats)
+        if std is None:
+            t.weight.mul_(getattr(t.module, MASK))
             return
-        gain = cfg.init_gain
-        if cfg.weight_init == "kaiming":
-            std = torch.full((t.n_out, 1), math.sqrt(gain / t.n_in), dtype=torch.float64, device=self.device)
-        elif cfg.weight_init == "swi":
-            density = count(mask2d) / t.numel
-            std = torch.full((t.n_out, 1), math.sqrt(gain / (density * t.n_in)), dtype=torch.float64, device=self.device)
-        else:  # sswi: variance over the effective active inputs of each neuron
-            indeg = mask2d.sum(1, dtype=torch.float64)
-            if stats is not None:
-                effective = mask2d.to(torch.float64) @ stats.second_moment.to(self.device)
-                effective = torch.where(effective > 1e-12, effective, indeg)
-            else:
-                effective = indeg
-            std = torch.sqrt(gain / effective.clamp_min(1.0e-12)).unsqueeze(1)
         noise = torch.randn(t.n_out, t.n_in, generator=self.generator, device=self.device, dtype=torch.float64)
-        w.copy_((noise * std * mask2d).to(w.dtype).view_as(w))
+        t.weight.copy_((noise * std * mask2d).to(t.weight.dtype).view_as(t.weight))
 
     def _attach_hooks(self) -> None:
-        for t in self.targets:
-            self._handles.append(t.weight.register_post_accumulate_grad_hook(self._grad_hook(t)))
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step()))
+        if not self.sparse:
+            return
+        for t in self.targets:
+            self._handles.append(t.weight.register_post_accumulate_grad_hook(self._grad_hook(t)))
         if self.config.hebb is not None:
             self.hebb = HebbRule(self.targets, self.successor, **self.config.hebb)
             self.hebb.attach()
@@ -332,12 +310,14 @@ class SparseEngine:
         if cfg.chain_removal:
             self._chain_remove(plans)
         layers = []
+        self.last_changes = {}
         for t in active:
             plan = plans[t.name]
             t0 = time.perf_counter()
             after = plan["before"] & ~plan["removed"]
             regrown = self._regrowth(t, after, plan["removed"], density)
             self._commit(t, plan["removed"], regrown, after | regrown)
+            self.last_changes[t.name] = {"before": plan["before"], "removed": plan["removed"], "regrown": regrown}
             layers.append(self._layer_record(t, plan, regrown, plan["ms"] + (time.perf_counter() - t0) * 1e3))
         self._rigl_acc.clear()
         self.n_updates += 1
@@ -367,44 +347,33 @@ class SparseEngine:
 
     def _removal(self, t: SparseTarget, before: torch.Tensor, zeta: float, density: float, activity, step: int) -> torch.Tensor:
         cfg = self.config
-        w = t.as_2d(t.weight).detach().abs().to(torch.float64)
-        if t.kind == KERNEL:  # inside each kernel: the smallest magnitudes
+        grad = t.weight.grad
+        if t.kind == KERNEL:  # inside each kernel: the smallest magnitudes (MEST: plus c|g|)
             rows = t.as_kernels(before)
             per = count(rows[0])
             n = min(per, round(zeta * per) + max(0, per - self._per_kernel(t, density)))
-            scores = w
-            if cfg.removal == "mest" and t.weight.grad is not None:
-                scores = w + cfg.mest_grad_coeff * t.as_2d(t.weight.grad).abs().to(torch.float64)
+            scores = t.weight.detach().abs().to(torch.float64).reshape(-1)
+            if cfg.removal == "mest" and grad is not None:
+                scores = scores + cfg.mest_grad_coeff * grad.detach().abs().to(torch.float64).reshape(-1)
             return t.as_2d(select_top_per_row(t.as_kernels(scores), rows, n, self.generator, largest=False))
         # Linear layers: score the existing links only, as a list.
         link = before.reshape(-1).nonzero().squeeze(1)
-        links = link.numel()
-        n = min(links, round(zeta * links) + max(0, links - self.target_links(t, density)))
-        w_link = w.reshape(-1)[link]
-        everyone = torch.ones(links, dtype=torch.bool, device=self.device)
-        if cfg.removal == "soft":  # CHTs: keep links sampled by |w|^T
-            keep = sample_weighted(w_link.pow(cfg.temperature_at(step)), everyone, links - n, self.generator)
+        n = min(link.numel(), round(zeta * link.numel()) + max(0, link.numel() - self.target_links(t, density)))
+        links = strategies.LinkScores(
+            magnitude=t.weight.detach().reshape(-1)[link].abs().to(torch.float64),
+            rows=link // t.n_in,
+            cols=link % t.n_in,
+            n_out=t.n_out,
+            n_in=t.n_in,
+            cfg=cfg,
+            grad=None if grad is None else grad.detach().reshape(-1)[link].abs().to(torch.float64),
+            activity=None if activity is None else activity[t.name],
+        )
+        scores = strategies.REMOVALS[cfg.removal](links)
+        everyone = torch.ones(link.numel(), dtype=torch.bool, device=self.device)
+        if cfg.removal in strategies.SOFT_REMOVALS:  # keep links sampled by score^T
+            keep = sample_weighted(scores.pow(cfg.temperature_at(step)), everyone, link.numel() - n, self.generator)
             return self._links_to_mask(before, link[~keep])
-        rows, cols = link // t.n_in, link % t.n_in
-        if cfg.removal == "magnitude":
-            scores = w_link
-        elif cfg.removal == "mest":
-            g = t.weight.grad
-            scores = w_link if g is None else w_link + cfg.mest_grad_coeff * g.detach().reshape(-1)[link].abs().to(torch.float64)
-        else:  # relative importance: |w| over its input's and its output's totals
-            col_sum = torch.zeros(t.n_in, dtype=torch.float64, device=self.device).index_add_(0, cols, w_link)
-            row_sum = torch.zeros(t.n_out, dtype=torch.float64, device=self.device).index_add_(0, rows, w_link)
-            ri = w_link / col_sum[cols].clamp_min(1e-300) + w_link / row_sum[rows].clamp_min(1e-300)
-            if cfg.removal == "ri":
-                scores = ri
-            else:  # lrs: magnitude and relative importance; inactive neurons first
-                a = cfg.lrs_alpha
-                scores = a * w_link / w_link.max().clamp_min(1e-300) + (1 - a) * ri / ri.max().clamp_min(1e-300)
-                act = activity[t.name]
-                inactive = act["pre"][cols] == 0
-                if act["post"] is not None:
-                    inactive |= act["post"][rows] == 0
-                scores = scores.masked_fill(inactive, -1.0)
         return self._links_to_mask(before, link[select_top(scores, everyone, n, self.generator, largest=False)])
 
     @staticmethod
@@ -436,12 +405,7 @@ class SparseEngine:
     def _regrowth(self, t: SparseTarget, after: torch.Tensor, removed: torch.Tensor, density: float) -> torch.Tensor:
         cfg = self.config
         candidates = ~after if cfg.regrow_removed else ~after & ~removed
-        scores = None
-        if cfg.regrowth == "gradient":
-            acc = self._rigl_acc.get(t.name)
-            scores = None if acc is None else t.as_2d(acc).abs()
-        elif cfg.regrowth in CH_MODELS:
-            scores = ch_scores(after, cfg.regrowth, cfg.linkpred)
+        scores = strategies.REGROWTHS[cfg.regrowth](self, t, after)
         if t.kind == KERNEL:
             rows_after = t.as_kernels(after)
             n = self._per_kernel(t, density) - count(rows_after[0])
@@ -464,11 +428,19 @@ class SparseEngine:
         changed = (removed | regrown).reshape(-1).nonzero().squeeze(1)
         w.view(-1)[changed] = 0
         getattr(t.module, MASK).copy_(new.view_as(w))
-        if self.optimizer is not None:
-            state = self.optimizer.state.get(w, {})
-            for value in state.values():
-                if isinstance(value, torch.Tensor) and value.shape == w.shape:
-                    value.view(-1)[changed] = 0
+        self._zero_optimizer_state(t, changed)
+
+    def _zero_optimizer_state(self, t: SparseTarget, where: torch.Tensor) -> None:
+        """Zero every weight-shaped optimizer state (momentum, Adam moments)
+        at ``where``: a bool mask, or flat indices."""
+        if self.optimizer is None:
+            return
+        for value in self.optimizer.state.get(t.weight, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == t.weight.shape:
+                if where.dtype == torch.bool:
+                    value.masked_fill_(where, 0)
+                else:
+                    value.view(-1)[where] = 0
 
     def _layer_record(self, t: SparseTarget, plan: dict, regrown: torch.Tensor, ms: float) -> dict:
         removed = plan["removed"]
