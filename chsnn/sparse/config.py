@@ -77,6 +77,8 @@ class EngineConfig:
     calibration_batches: int = 1
     calibration_samples: int = 4096
     hebb: dict | None = None  # Hebb-SET: {"lr": 1e-3, "decay": 0.999, "window": 20}
+    # Mask the weights after every step too (None: only for optimizers not known to keep zeros).
+    remask_weights: bool | None = None
 
     @classmethod
     def from_dict(cls, options: dict | None = None, **overrides) -> "EngineConfig":

@@ -32,7 +32,21 @@ from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
 from chsnn.sparse.targets import KERNEL, LINEAR, SparseTarget, find_targets
 
 MASK = "weight_mask"
+MASK_F = "weight_mask_f"  # the same mask in the weight's dtype: multiplying by it is ~8x faster than by a bool
 _STATE_VERSION = 1
+# Optimizers whose step leaves a weight at exactly 0 when its gradient and its
+# state are 0 there (the engine masks gradients and zeroes state), so the
+# weights need no second masking after each step.
+_ZERO_PRESERVING = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+)
 
 
 def _default_forward(model: nn.Module, batch):
@@ -108,6 +122,7 @@ class SparseEngine:
             self._check_feasible(cfg.density_at(0))
             for t in self.targets:
                 t.module.register_buffer(MASK, torch.ones_like(t.weight, dtype=torch.bool), persistent=True)
+                t.module.register_buffer(MASK_F, torch.ones_like(t.weight), persistent=False)
             self._initialise()
             self._arm_rigl()
         self._attach_hooks()
@@ -191,7 +206,7 @@ class SparseEngine:
                 stats = record_activity(self.model, self.calibration, [t], self.forward_fn, self.generator, keep, stop_after=t)[t.name]
             mask = self._initial_mask(t, density, stats)
             with torch.no_grad():
-                getattr(t.module, MASK).copy_(mask.view_as(t.weight))
+                self._set_mask(t, mask)
                 self._init_weights(t, stats)
                 self._zero_optimizer_state(t, ~getattr(t.module, MASK))
 
@@ -222,6 +237,18 @@ class SparseEngine:
             self.hebb = HebbRule(self.targets, self.successor, **self.config.hebb)
             self.hebb.attach()
 
+    def _set_mask(self, t: SparseTarget, mask: torch.Tensor) -> None:
+        getattr(t.module, MASK).copy_(mask.view_as(t.weight))
+        getattr(t.module, MASK_F).copy_(mask.view_as(t.weight))
+
+    @staticmethod
+    def _float_mask(t: SparseTarget) -> torch.Tensor:
+        mask_f = getattr(t.module, MASK_F)
+        if mask_f.dtype != t.weight.dtype:  # the model was cast after the engine attached
+            mask_f = getattr(t.module, MASK).to(t.weight.dtype)
+            setattr(t.module, MASK_F, mask_f)
+        return mask_f
+
     def _grad_hook(self, t: SparseTarget):
         def hook(param: torch.Tensor) -> None:
             if param.grad is None:
@@ -229,7 +256,7 @@ class SparseEngine:
             acc = self._rigl_acc.get(t.name)
             if acc is not None:  # RigL: the dense gradient, before masking
                 acc.add_(param.grad)
-            param.grad.mul_(getattr(t.module, MASK))
+            param.grad.mul_(self._float_mask(t))
 
         return hook
 
@@ -242,8 +269,9 @@ class SparseEngine:
             self.hebb.detach()
         if self.sparse:
             for t in self.targets:
-                if hasattr(t.module, MASK):
-                    delattr(t.module, MASK)
+                for name in (MASK, MASK_F):
+                    if hasattr(t.module, name):
+                        delattr(t.module, name)
             self.sparse = False
 
     # Training-time -----------------------------------------------------------
@@ -256,15 +284,24 @@ class SparseEngine:
         self.step_count += 1
         if self.hebb is not None:
             self.hebb.apply(self.step_count)
-        self.apply_masks()
+        if self.remask_weights:
+            self.apply_masks()
         if self.update_due(self.step_count):
             self.update_topology()
         self._arm_rigl()
 
+    @property
+    def remask_weights(self) -> bool:
+        """Mask the weights again after every step: needed unless the
+        optimizer is known to keep zeros at zero (``remask_weights`` option)."""
+        if self.config.remask_weights is not None:
+            return self.config.remask_weights
+        return self.optimizer is None or type(self.optimizer) not in _ZERO_PRESERVING
+
     @torch.no_grad()
     def apply_masks(self) -> None:
         for t in self.targets:
-            t.weight.mul_(getattr(t.module, MASK))
+            t.weight.mul_(self._float_mask(t))
 
     def update_due(self, step: int) -> bool:
         cfg = self.config
@@ -427,7 +464,7 @@ class SparseEngine:
         w = t.weight
         changed = (removed | regrown).reshape(-1).nonzero().squeeze(1)
         w.view(-1)[changed] = 0
-        getattr(t.module, MASK).copy_(new.view_as(w))
+        self._set_mask(t, new)
         self._zero_optimizer_state(t, changed)
 
     def _zero_optimizer_state(self, t: SparseTarget, where: torch.Tensor) -> None:
@@ -540,7 +577,7 @@ class SparseEngine:
         self.generator.set_state(state["generator"])
         for name, mask in state["masks"].items():
             t = self.by_name[name]
-            getattr(t.module, MASK).copy_(mask.to(self.device))
+            self._set_mask(t, mask.to(self.device))
         self.apply_masks() if self.sparse else None
         self._rigl_acc = {k: v.to(self.device) for k, v in state["rigl_acc"].items()}
         if self.hebb is not None:
