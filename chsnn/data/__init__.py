@@ -1,0 +1,39 @@
+"""chsnn's data layer: static and event data sets by name, and spike encodings.
+
+```python
+from chsnn.data import load_dataset, DATASETS, encode, DataBundle
+
+bundle = load_dataset("ndigits")                       # built in, no download
+bundle = load_dataset("mnist:/path/to/dir", seed=0)    # files you already have
+x, y = bundle.train[0]      # float32 tensor, int
+```
+
+Static sets give images in [0, 1] (C, H, W); event sets give frames of event
+counts (T, 2, H, W) binned with tonic (SHD: (T, 700)). Nothing is downloaded;
+missing or corrupt files raise errors that say what is wrong and where. The
+dataset cards in ``datasets/`` describe each set's source, files and licence.
+"""
+
+from chsnn.data._base import EVENT_DTYPE, ArrayDataset, DataBundle, DataError, MissingDataError, stratified_split
+from chsnn.data.digits import ndigits_cache_path, ndigits_events
+from chsnn.data.encoding import ENCODINGS, encode
+from chsnn.data.frames import events_to_frames
+from chsnn.data.neuromorphic import read_nmnist_file
+from chsnn.data.registry import DATASETS, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "ENCODINGS",
+    "EVENT_DTYPE",
+    "ArrayDataset",
+    "DataBundle",
+    "DataError",
+    "MissingDataError",
+    "encode",
+    "events_to_frames",
+    "load_dataset",
+    "ndigits_cache_path",
+    "ndigits_events",
+    "read_nmnist_file",
+    "stratified_split",
+]
