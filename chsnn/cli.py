@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 
@@ -21,8 +23,16 @@ def _bench(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise SystemExit("chsnn: --device cuda was asked for, but torch sees no CUDA GPU on this machine")
+    if args.repeats is not None and args.repeats < 1 or args.steps < 1:
+        raise SystemExit("chsnn: --repeats and --steps must be at least 1")
     out = None if args.no_write else Path(args.out)
-    return bench.run_linkpred(devices, args.repeats, out, progress=not args.quiet)
+    progress = not args.quiet
+    if args.name == "engine":
+        command = "chsnn " + " ".join(shlex.quote(a) for a in args.argv)
+        repeats = 15 if args.repeats is None else args.repeats
+        return bench.run_engine(devices, repeats, out, progress=progress, steps=args.steps, command=command)
+    repeats = 7 if args.repeats is None else args.repeats
+    return bench.run_linkpred(devices, repeats, out, progress=progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,20 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     bench = sub.add_parser("bench", help="run a benchmark and record it in BENCHMARKS.md")
-    bench.add_argument("name", choices=["linkpred"], help="which benchmark")
+    bench.add_argument("name", choices=["linkpred", "engine"], help="which benchmark: CH link prediction, or the sparse engine's topology updates and training overhead")
     bench.add_argument("--device", action="append", help="cpu or cuda (repeatable; default: cpu, and cuda when present)")
-    bench.add_argument("--repeats", type=int, default=7, help="timed runs per case (median reported)")
+    bench.add_argument("--repeats", type=int, help="timed runs per case, median reported (default: 7; engine: 15 topology updates per method)")
+    bench.add_argument("--steps", type=int, default=200, help="engine only: timed training steps per model in the overhead test (default: 200)")
     bench.add_argument("--out", default="BENCHMARKS.md", help="markdown file to update (default: BENCHMARKS.md)")
     bench.add_argument("--no-write", action="store_true", help="print the table only")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)
+
+    from chsnn.train import add_commands
+
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command line quoted in reports
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError, DataError, MissingDataError, bad model options
+        print(f"chsnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
