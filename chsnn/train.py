@@ -1,0 +1,696 @@
+"""Training runs: ``chsnn train``, ``chsnn eval`` and ``chsnn zoo``.
+
+A run is described by one config (a zoo YAML file from ``models/``, then the
+command-line options, then ``--set key=value`` overrides) and leaves a run
+directory:
+
+    config.yaml      the resolved config
+    metrics.jsonl    one line per epoch: loss, accuracies, per-layer density and
+                     active neurons, firing rates, topology update times
+    tb/              TensorBoard logs
+    latest.pt        weights, masks, engine, optimizer and RNG state (atomic)
+    best.pt          the same at the best test accuracy
+    summary.json     the final figures
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from chsnn.sparse import ConfigError, SparseEngine
+
+ZOO_DIR = Path(os.environ.get("CHSNN_ZOO", Path(__file__).resolve().parent.parent / "models"))
+DEFAULT_CONFIG = "snn-mlp_ndigits"
+
+DEFAULTS: dict = {
+    "description": "",
+    "model": "snn-mlp",
+    "model_options": {},
+    "data": "ndigits",
+    "data_options": {},
+    "encoder": "direct",  # static data into spiking models: direct, poisson, latency
+    "time_steps": 8,
+    "epochs": 10,
+    "max_steps": None,  # stop after this many optimizer steps (smoke runs)
+    "batch_size": 64,
+    "eval_batch_size": 256,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "lr_schedule": "cosine",
+    "updates_per_epoch": 1,  # topology updates per epoch, unless engine.update_interval is set
+    "calibration_batches": 1,
+    "seed": 0,
+    "device": "auto",
+    "num_workers": 0,
+    "engine": {"method": "chsnn", "sparsity": 0.95},
+    "results": {},  # figures this config reached (informational, written by the zoo runs)
+}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+ENCODERS = ("direct", "poisson", "latency")
+
+
+# Configs -----------------------------------------------------------------------
+
+
+def _yaml():
+    import yaml
+
+    return yaml
+
+
+def find_config(name_or_path: str) -> Path:
+    """A zoo name (``snn-mlp_ndigits``) or a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    zoo = ZOO_DIR / f"{name_or_path}.yaml"
+    if not zoo.is_file():
+        names = ", ".join(sorted(p.stem for p in ZOO_DIR.glob("*.yaml"))) or "(none found)"
+        raise ConfigError(f"no zoo config named {name_or_path!r} in {ZOO_DIR}; available: {names}")
+    return zoo
+
+
+def load_config_file(path: Path) -> dict:
+    try:
+        data = _yaml().safe_load(path.read_text()) or {}
+    except Exception as exc:  # yaml.YAMLError and decoding errors
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of options, not {type(data).__name__}")
+    return data
+
+
+def parse_assignment(text: str) -> tuple[list[str], object]:
+    """``engine.update_interval=1`` -> (["engine", "update_interval"], 1)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. engine.zeta=0.2), got {text!r}")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        parsed = _yaml().safe_load(value) if value.strip() else ""
+    except Exception:
+        parsed = value
+    return parts, parsed
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config(config: str | None = None, overrides: dict | None = None, assignments: list[str] = ()) -> dict:
+    """Defaults <- zoo/config file <- options <- ``--set`` assignments,
+    validated: unknown keys and bad values fail with the key and what is
+    allowed."""
+    cfg = copy.deepcopy(DEFAULTS)
+    source = find_config(config or DEFAULT_CONFIG)
+    cfg = merge(cfg, load_config_file(source))
+    cfg["config_source"] = str(source)
+    cfg = merge(cfg, {k: v for k, v in (overrides or {}).items() if v is not None})
+    for text in assignments:
+        parts, value = parse_assignment(text)
+        node = cfg
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                if p not in node and node is cfg:
+                    raise ConfigError(f"--set {text}: unknown key {p!r}; top-level keys are {', '.join(sorted(DEFAULTS))}")
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: dict) -> None:
+    allowed = set(DEFAULTS) | {"config_source", "default"}
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; allowed keys are {', '.join(sorted(allowed))}")
+
+    def need(key, ok, allowed_text):
+        if not ok:
+            raise ConfigError(f"config {key}={cfg.get(key)!r} is not allowed; {allowed_text}")
+
+    def positive_int(key):
+        need(key, isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] > 0, "it must be a whole number > 0")
+
+    for key in ("epochs", "batch_size", "eval_batch_size", "time_steps", "updates_per_epoch", "calibration_batches"):
+        positive_int(key)
+    if cfg["max_steps"] is not None:
+        positive_int("max_steps")
+    need("optimizer", cfg["optimizer"] in OPTIMIZERS, f"valid optimizers are {', '.join(OPTIMIZERS)}")
+    need("lr_schedule", cfg["lr_schedule"] in LR_SCHEDULES, f"valid schedules are {', '.join(LR_SCHEDULES)}")
+    need("encoder", cfg["encoder"] in ENCODERS, f"valid encoders are {', '.join(ENCODERS)}")
+    need("lr", isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0, "it must be a number > 0")
+    need("seed", isinstance(cfg["seed"], int), "it must be a whole number")
+    for key in ("model_options", "data_options", "engine", "results"):
+        need(key, isinstance(cfg[key], dict), "it must be a mapping")
+    from chsnn.sparse import EngineConfig
+
+    # Raises on unknown engine options or bad values (total_steps is filled in per run).
+    EngineConfig.from_dict({"total_steps": 1, **cfg["engine"]})
+
+
+# Data and model -------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
+class Runner:
+    """Everything a run needs, built from a resolved config."""
+
+    def __init__(self, cfg: dict, out_dir: Path | None = None, quiet: bool = False):
+        from chsnn.data import encode, load_dataset
+        from chsnn.models import build_model
+
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.quiet = quiet
+        self.device = pick_device(cfg["device"])
+        torch.manual_seed(cfg["seed"])
+        data_options = dict(cfg["data_options"])
+        data_options.setdefault("seed", cfg["seed"])
+        data_options.setdefault("time_steps", cfg["time_steps"])
+        self.data = load_dataset(cfg["data"], **data_options)
+        self._encode = encode
+        self.model = build_model(cfg["model"], self.data.input_shape, self.data.n_classes, time_steps=cfg["time_steps"], **cfg["model_options"]).to(self.device)
+        self.spiking = bool(getattr(self.model, "spiking", False))
+        self.steps_per_epoch = math.ceil(len(self.data.train) / cfg["batch_size"])
+        # Schedules span the configured epochs; max_steps only stops early.
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.optimizer = self._optimizer()
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps))
+            if cfg["lr_schedule"] == "cosine"
+            else None
+        )
+        self.encode_gen = torch.Generator(device="cpu").manual_seed(cfg["seed"] + 1)
+        engine_cfg = dict(cfg["engine"])
+        engine_cfg.setdefault("seed", cfg["seed"])
+        engine_cfg.setdefault("update_interval", max(1, self.steps_per_epoch // cfg["updates_per_epoch"]))
+        engine_cfg.setdefault("total_steps", self.total_steps)
+        calibration = [self.prepare(x) for x, _ in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=cfg["calibration_batches"])]
+        self.engine = SparseEngine(self.model, self.optimizer, engine_cfg, calibration=calibration, forward_fn=lambda m, x: m(x))
+        # The engine's own schedule decides updates; the LR schedule steps per optimizer step.
+        if self.scheduler is not None:
+            self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.scheduler.step())
+
+    def _optimizer(self):
+        cfg, params = self.cfg, self.model.parameters()
+        if cfg["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+        return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+    def _batches(self, dataset, batch_size, epoch: int, limit: int | None = None, skip: int = 0):
+        """Batches in an order fixed by (seed, epoch): resuming mid-epoch
+        replays the same order and skips what was done."""
+        loader_gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000003 + epoch)
+        order = torch.randperm(len(dataset), generator=loader_gen) if epoch >= 0 else torch.arange(len(dataset))
+        n_batches = math.ceil(len(dataset) / batch_size)
+        whole = dataset.tensors() if hasattr(dataset, "tensors") else None  # in-memory sets: slice at once
+        for b in range(skip, n_batches if limit is None else min(limit, n_batches)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            if whole is not None:
+                yield whole[0][idx], whole[1][idx]
+                continue
+            items = [dataset[int(i)] for i in idx]
+            x = torch.stack([torch.as_tensor(it[0]) for it in items])
+            y = torch.as_tensor([int(it[1]) for it in items])
+            yield x, y
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input: (T, N, ...) for spiking models (event frames moved to
+        time-major; static images through the encoder), (N, ...) otherwise."""
+        x = x.to(self.device, torch.float32)
+        if not self.spiking:
+            return x.flatten(1, 2) if self.data.time_steps else x
+        if self.data.time_steps:  # (N, T, ...) event frames
+            return x.transpose(0, 1)
+        T = self.cfg["time_steps"]
+        gen = self.encode_gen if self.cfg["encoder"] == "poisson" else None
+        return self._encode(x.cpu(), T, method=self.cfg["encoder"], generator=gen).to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self, dataset=None) -> dict:
+        """Test accuracy, loss, and firing rates / synaptic operations."""
+        dataset = dataset or self.data.test
+        self.model.eval()
+        probes = ActivityProbes(self.model, self.engine)
+        correct = total = 0
+        loss_sum = 0.0
+        try:
+            for x, y in self._batches(dataset, self.cfg["eval_batch_size"], epoch=-1):
+                logits = self.model(self.prepare(x))
+                y = y.to(self.device)
+                loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                total += y.numel()
+        finally:
+            probes.remove()
+            self.model.train()
+        out = {"test_accuracy": correct / max(total, 1), "test_loss": loss_sum / max(total, 1)}
+        out.update(probes.summary(total, self.spiking))
+        return out
+
+
+class ActivityProbes:
+    """Forward hooks that count spikes per spiking layer and the synaptic
+    operations of the sparse (and dense) linear-like layers: every input
+    event costs one accumulate per existing outgoing synapse."""
+
+    def __init__(self, model: nn.Module, engine: SparseEngine):
+        self.rates: dict[str, list[float]] = {}
+        self.sops = 0.0
+        self.handles = []
+        neuron_types = _neuron_types()
+        for name, m in model.named_modules():
+            if neuron_types and isinstance(m, neuron_types):
+                self.rates[name] = [0.0, 0.0]
+                self.handles.append(m.register_forward_hook(self._rate_hook(name)))
+        for t in engine.targets:
+            self.handles.append(t.module.register_forward_pre_hook(self._sop_hook(t, engine)))
+
+    def _rate_hook(self, name):
+        def hook(module, args, out):
+            out = out[0] if isinstance(out, tuple) else out
+            acc = self.rates[name]
+            acc[0] += float(out.detach().sum())
+            acc[1] += out.numel()
+
+        return hook
+
+    def _sop_hook(self, t, engine):
+        def hook(module, args):
+            from chsnn.sparse.calibration import presynaptic_features
+
+            x = args[0].detach()
+            if t.kind == "kernel":
+                # events per input channel times that channel's active synapses per position
+                per_channel = x.movedim(-3, -1).reshape(-1, x.shape[-3]).sum(0)
+                mask = t.as_2d(getattr(module, "weight_mask", torch.ones_like(t.weight, dtype=torch.bool)))
+                fan_out = mask.reshape(t.n_out, -1, t.kernel_size).sum((0, 2)).to(per_channel.dtype)
+                self.sops += float(per_channel @ fan_out) / t.kernel_size
+                return
+            feats = presynaptic_features(t, x)
+            mask = t.as_2d(getattr(module, "weight_mask", torch.ones_like(t.weight, dtype=torch.bool)))
+            fan_out = mask.sum(0).to(feats.dtype)
+            self.sops += float(feats.abs().sum(0) @ fan_out)
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def summary(self, n_samples: int, spiking: bool) -> dict:
+        out = {"firing_rates": {k: v[0] / v[1] for k, v in self.rates.items() if v[1]}}
+        if spiking:
+            out["sops_per_sample"] = self.sops / max(n_samples, 1)
+        return out
+
+
+def _neuron_types():
+    types = []
+    try:
+        from spikingjelly.activation_based.neuron import BaseNode
+
+        types.append(BaseNode)
+    except Exception:  # pragma: no cover - spikingjelly is a dependency
+        pass
+    try:
+        from snntorch._neurons import SpikingNeuron
+
+        types.append(SpikingNeuron)
+    except Exception:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+# Checkpoints and the run directory ---------------------------------------------------
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def default_run_dir(cfg: dict) -> Path:
+    e = cfg["engine"]
+    name = f"{cfg['model']}_{str(cfg['data']).split(':')[0]}_{e.get('method', 'chsnn')}_s{e.get('sparsity', 0)}_seed{cfg['seed']}"
+    return Path("runs") / name
+
+
+def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, history: list) -> dict:
+    return {
+        "config": runner.cfg,
+        "epoch": epoch,  # epochs finished
+        "step_in_epoch": step_in_epoch,  # batches done of the epoch in progress
+        "best_accuracy": best,
+        "history": history,
+        "model": runner.model.state_dict(),
+        "optimizer": runner.optimizer.state_dict(),
+        "scheduler": runner.scheduler.state_dict() if runner.scheduler else None,
+        "engine": runner.engine.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "encode": runner.encode_gen.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+
+
+def _restore(runner: Runner, ckpt: dict) -> None:
+    runner.model.load_state_dict(ckpt["model"])
+    runner.optimizer.load_state_dict(ckpt["optimizer"])
+    if runner.scheduler and ckpt["scheduler"]:
+        runner.scheduler.load_state_dict(ckpt["scheduler"])
+    runner.engine.load_state_dict(ckpt["engine"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    runner.encode_gen.set_state(ckpt["rng"]["encode"])
+    if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = False, max_steps: int | None = None) -> dict:
+    """Run (or resume) training; returns the summary. A resumed run keeps its
+    saved config, except ``max_steps`` (None: run to the last epoch)."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    latest = out_dir / "latest.pt"
+    ckpt = None
+    if resume:
+        if not latest.is_file():
+            raise ConfigError(f"--resume: no checkpoint {latest}; start the run without --resume (or give its --out)")
+        ckpt = torch.load(latest, map_location="cpu", weights_only=False)
+        cfg = dict(ckpt["config"], max_steps=max_steps)
+    elif (out_dir / "summary.json").exists() or latest.exists():
+        raise ConfigError(f"run directory {out_dir} already holds a run; use --resume to continue it or --out for a new one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", _yaml().safe_dump(cfg, sort_keys=False))
+
+    start = time.time()
+    runner = Runner(cfg, out_dir, quiet)
+    epoch0, skip, best, history = 0, 0, -1.0, []
+    wall_before = 0.0
+    if ckpt is not None:
+        _restore(runner, ckpt)
+        epoch0, skip, best, history = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["best_accuracy"], ckpt["history"]
+        wall_before = history[-1]["wall_seconds"] if history else 0.0
+    writer = _tensorboard(out_dir / "tb")
+    engine, model = runner.engine, runner.model
+    step = engine.step_count
+    max_steps = cfg["max_steps"]
+    stopped = max_steps is not None and step >= max_steps
+    epoch, done_in_epoch = epoch0, skip
+    try:
+        for epoch in range(epoch0, cfg["epochs"]):
+            if stopped:
+                break
+            n_updates_before = len(engine.records)
+            loss_sum = correct = seen = 0
+            bar = tqdm(total=runner.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=quiet, leave=False)
+            done_in_epoch = skip
+            for x, y in runner._batches(runner.data.train, cfg["batch_size"], epoch, skip=skip):
+                inputs, y = runner.prepare(x), y.to(runner.device)
+                runner.optimizer.zero_grad(set_to_none=True)
+                logits = model(inputs)
+                loss = nn.functional.cross_entropy(logits, y)
+                loss.backward()
+                runner.optimizer.step()  # the engine masks and updates after this
+                done_in_epoch += 1
+                step += 1
+                loss_sum += float(loss.detach()) * y.numel()
+                correct += int((logits.argmax(1) == y).sum())
+                seen += y.numel()
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", density=f"{1 - engine.sparsity():.4f}", refresh=False)
+                bar.update()
+                if max_steps is not None and step >= max_steps:
+                    stopped = True
+                    break
+            bar.close()
+            skip = 0
+            evaluation = runner.evaluate()
+            updates = engine.records[n_updates_before:]
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "test_accuracy": evaluation["test_accuracy"],
+                "test_loss": evaluation["test_loss"],
+                "sparsity": engine.sparsity(),
+                "layers": [{k: s[k] for k in ("name", "density", "active_in", "active_out")} for s in engine.stats()],
+                "percolation": engine.percolation(),
+                "firing_rates": evaluation["firing_rates"],
+                "topology_updates": len(updates),
+                "topology_update_ms": [round(r["ms"], 2) for r in updates],
+                "lr": runner.optimizer.param_groups[0]["lr"],
+                "wall_seconds": wall_before + time.time() - start,
+            }
+            if "sops_per_sample" in evaluation:
+                row["sops_per_sample"] = evaluation["sops_per_sample"]
+            history.append(row)
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            _log_tensorboard(writer, row)
+            complete = not stopped or done_in_epoch == runner.steps_per_epoch
+            ck = _checkpoint(runner, epoch + 1 if complete else epoch, 0 if complete else done_in_epoch, max(best, row["test_accuracy"]), history)
+            atomic_save(ck, latest)
+            if row["test_accuracy"] > best:
+                best = row["test_accuracy"]
+                atomic_save(ck, out_dir / "best.pt")
+            if not quiet:
+                print(
+                    f"epoch {epoch + 1}: loss {row['loss']:.4f}  train {row['train_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
+                    f"sparsity {row['sparsity']:.4f}  updates {len(updates)}",
+                    file=sys.stderr,
+                )
+    except KeyboardInterrupt:
+        atomic_save(_checkpoint(runner, epoch, done_in_epoch, best, history), latest)
+        print(f"\ninterrupted: state saved to {latest}; continue with --resume --out {out_dir}", file=sys.stderr)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    summary = make_summary(runner, history, wall_before + time.time() - start)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if not quiet:
+        print(summary_screen(summary, out_dir))
+    return summary
+
+
+def make_summary(runner: Runner, history: list, wall: float) -> dict:
+    cfg, engine = runner.cfg, runner.engine
+    last = history[-1] if history else runner.evaluate()
+    layers = []
+    for s in engine.stats():
+        row = {k: s[k] for k in ("name", "shape", "density", "active_in", "active_out")}
+        for k in ("kernel_active_min", "kernel_active_max"):
+            if k in s:
+                row[k] = s[k]
+        layers.append(row)
+    summary = {
+        "method": engine.config.method,
+        "dataset": cfg["data"],
+        "model": cfg["model"],
+        "seed": cfg["seed"],
+        "epochs": len(history),
+        "steps": engine.step_count,
+        "test_accuracy": last["test_accuracy"],
+        "best_test_accuracy": max((h["test_accuracy"] for h in history), default=last["test_accuracy"]),
+        "sparsity": engine.sparsity(),
+        "percolation": engine.percolation(),
+        "layers": layers,
+        "dense_output": engine.dense_output,
+        "topology_updates": engine.n_updates,
+        "wall_seconds": wall,
+        "device": str(runner.device),
+        "data_note": getattr(runner.data, "note", ""),
+    }
+    if runner.spiking:
+        summary["sops_per_sample"] = last.get("sops_per_sample")
+        summary["firing_rates"] = last.get("firing_rates", {})
+    return summary
+
+
+def summary_screen(summary: dict, out_dir: Path) -> str:
+    lines = [
+        "",
+        f"{summary['model']} on {summary['dataset']}, method {summary['method']}, seed {summary['seed']}",
+        f"  test accuracy  {summary['test_accuracy']:.4f}  (best {summary['best_test_accuracy']:.4f})",
+        f"  sparsity       {summary['sparsity']:.4f} over the sparse layers; percolation {summary['percolation']:.3f}",
+        f"  epochs {summary['epochs']}, steps {summary['steps']}, topology updates {summary['topology_updates']}, {summary['wall_seconds']:.1f} s on {summary['device']}",
+    ]
+    if summary.get("sops_per_sample") is not None:
+        lines.append(f"  synaptic ops   {summary['sops_per_sample']:.4g} per sample")
+    lines.append("  layer                          shape            density   active in/out")
+    for layer in summary["layers"]:
+        shape = "x".join(map(str, layer["shape"]))
+        lines.append(f"  {layer['name']:<30} {shape:<16} {layer['density']:.4f}    {layer['active_in']}/{layer['active_out']}")
+    if summary.get("dense_output"):
+        lines.append(f"  {summary['dense_output']:<30} (output layer, dense)")
+    lines.append(f"  run directory: {out_dir}")
+    return "\n".join(lines)
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard missing: metrics.jsonl still has everything
+        return None
+    return SummaryWriter(str(path))
+
+
+def _log_tensorboard(writer, row: dict) -> None:
+    if writer is None:
+        return
+    e = row["epoch"]
+    for key in ("loss", "train_accuracy", "test_accuracy", "test_loss", "sparsity", "percolation", "lr"):
+        writer.add_scalar(key, row[key], e)
+    for layer in row["layers"]:
+        writer.add_scalar(f"density/{layer['name']}", layer["density"], e)
+        writer.add_scalar(f"active_out/{layer['name']}", layer["active_out"], e)
+    for name, rate in row["firing_rates"].items():
+        writer.add_scalar(f"firing_rate/{name}", rate, e)
+    writer.flush()
+
+
+def evaluate_run(run_dir: Path, quiet: bool = False) -> dict:
+    """Rebuild a saved run from its directory and re-evaluate it on its test set."""
+    run_dir = Path(run_dir)
+    for name in ("best.pt", "latest.pt"):
+        if (run_dir / name).is_file():
+            ckpt = torch.load(run_dir / name, map_location="cpu", weights_only=False)
+            break
+    else:
+        raise ConfigError(f"{run_dir} holds no checkpoint (best.pt or latest.pt); is it a chsnn run directory?")
+    runner = Runner(ckpt["config"], run_dir, quiet=True)
+    _restore(runner, ckpt)
+    result = runner.evaluate()
+    result["checkpoint"] = name
+    result["sparsity"] = runner.engine.sparsity()
+    return result
+
+
+def zoo_table() -> list[dict]:
+    rows = []
+    for path in sorted(ZOO_DIR.glob("*.yaml")):
+        cfg = load_config_file(path)
+        res = cfg.get("results") or {}
+        rows.append(
+            {
+                "name": path.stem,
+                "model": cfg.get("model", DEFAULTS["model"]),
+                "data": cfg.get("data", DEFAULTS["data"]),
+                "method": (cfg.get("engine") or {}).get("method", "chsnn"),
+                "sparsity": (cfg.get("engine") or {}).get("sparsity"),
+                "test_accuracy": res.get("test_accuracy"),
+                "reached_sparsity": res.get("sparsity"),
+                "wall_seconds": res.get("wall_seconds"),
+                "default": bool(cfg.get("default")) or path.stem == DEFAULT_CONFIG,
+            }
+        )
+    return rows
+
+
+# Command line ---------------------------------------------------------------------
+
+
+def add_commands(sub) -> None:
+    """Register ``train``, ``eval`` and ``zoo`` on the ``chsnn`` parser."""
+    p = sub.add_parser("train", help="train a model (default: the zoo's CH-SNN spiking MLP on ndigits)")
+    p.add_argument("--config", help="zoo config name (see `chsnn zoo`) or a YAML file")
+    p.add_argument("--data", help="dataset NAME or NAME:PATH (e.g. ndigits, mnist:DIR, npz:FILE)")
+    p.add_argument("--model", help="model name (e.g. snn-mlp, snn-cnn)")
+    p.add_argument("--method", help="sparse training method (dense, static, set, rigl, mest, cht, chts, chsnn)")
+    p.add_argument("--sparsity", type=float, help="target sparsity of the sparse layers, in [0, 1)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--out", help="run directory (default: runs/MODEL_DATA_METHOD_sSPARSITY_seedSEED)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. engine.zeta=0.2")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.set_defaults(func=_train_command)
+
+    p = sub.add_parser("eval", help="re-evaluate a saved run directory on its test set")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_eval_command)
+
+    p = sub.add_parser("zoo", help="list the zoo configs and the figures they reached")
+    p.set_defaults(func=_zoo_command)
+
+
+def _train_command(args) -> int:
+    if args.resume:
+        out = Path(args.out) if args.out else None
+        if out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        train(None, out, resume=True, quiet=args.quiet, max_steps=args.max_steps)
+        return 0
+    overrides = {"data": args.data, "model": args.model, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "device": args.device}
+    engine = {k: v for k, v in {"method": args.method, "sparsity": args.sparsity}.items() if v is not None}
+    if engine:
+        overrides["engine"] = engine
+    cfg = resolve_config(args.config, overrides, args.set)
+    train(cfg, Path(args.out) if args.out else default_run_dir(cfg), quiet=args.quiet)
+    return 0
+
+
+def _eval_command(args) -> int:
+    result = evaluate_run(Path(args.run_dir))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _zoo_command(args) -> int:
+    rows = zoo_table()
+    if not rows:
+        print(f"no zoo configs in {ZOO_DIR}")
+        return 0
+
+    def fmt(v, spec=""):
+        return "-" if v is None else format(v, spec)
+
+    print(f"{'config':<28} {'model':<12} {'data':<14} {'method':<8} {'sparsity':>8} {'test acc':>9} {'seconds':>8}")
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        print(
+            f"{r['name']:<28} {r['model']:<12} {str(r['data']):<14} {r['method']:<8} {fmt(r['sparsity'], '.2f'):>8} "
+            f"{fmt(r['test_accuracy'], '.4f'):>9} {fmt(r['wall_seconds'], '.0f'):>8}{mark}"
+        )
+    return 0
