@@ -225,10 +225,13 @@ class Runner:
 
     def _optimizer(self):
         cfg, params = self.cfg, self.model.parameters()
+        # Fused kernels: faster, and on CPU they avoid unfused Adam's slow sqrt of
+        # the zero second moments at pruned positions (see BENCHMARKS.md).
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         if cfg["optimizer"] == "sgd":
-            return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+            return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], **fused)
         cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-        return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **fused)
 
     def _batches(self, dataset, batch_size, epoch: int, limit: int | None = None, skip: int = 0):
         """Batches in an order fixed by (seed, epoch): resuming mid-epoch

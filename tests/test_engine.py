@@ -38,7 +38,10 @@ def train(model, opt, data):
 
 def make(method="chsnn", sparsity=0.8, opt="adam", seed=0, model=None, **options):
     model = model or mlp(seed)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2) if opt == "adam" else torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    if opt == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), 1e-2, fused=opt == "adam-fused")
     cfg = {"method": method, "sparsity": sparsity, "update_interval": 2, "early_stop": False, **options}
     engine = SparseEngine(model, optimizer, cfg, calibration=batches(1, seed=99))
     return model, optimizer, engine
@@ -133,7 +136,7 @@ def test_second_engine_on_same_model():
     method=st.sampled_from(SPARSE_METHODS),
     sparsity=st.sampled_from([0.5, 0.8, 0.95]),
     zeta=st.sampled_from([0.1, 0.3, 0.6]),
-    opt=st.sampled_from(["adam", "sgd"]),
+    opt=st.sampled_from(["adam", "adam-fused", "sgd"]),
     seed=st.integers(0, 1000),
 )
 def test_invariants_after_every_update(method, sparsity, zeta, opt, seed):

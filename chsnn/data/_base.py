@@ -119,6 +119,27 @@ class ArrayDataset(Dataset):
         return f"{type(self).__name__}({self.name}, n={len(self)}, x={tuple(self.data.shape[1:])})"
 
 
+def uint8_image_bundle(name: str, train: tuple, test: tuple, input_shape: tuple, n_classes: int, note: str, classes=None) -> "DataBundle":
+    """A static DataBundle from uint8 image arrays ``(x, y)`` already shaped
+    ``(N, *input_shape)``; pixels are scaled to [0, 1] when read."""
+
+    def ds(arrays, part):
+        x, y = arrays
+        return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y), divisor=255.0, name=f"{name}/{part}")
+
+    return DataBundle(
+        name=name,
+        train=ds(train, "train"),
+        test=ds(test, "test"),
+        input_shape=input_shape,
+        n_classes=n_classes,
+        time_steps=None,
+        kind="static",
+        note=note,
+        classes=classes,
+    )
+
+
 def check_int(name: str, value: Any, minimum: int) -> int:
     """``value`` as an int >= minimum, or a ValueError naming the option."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:

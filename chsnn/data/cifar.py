@@ -10,9 +10,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from chsnn.data._base import ArrayDataset, DataBundle, DataError, missing_files
+from chsnn.data._base import DataBundle, DataError, missing_files, uint8_image_bundle
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -104,20 +103,8 @@ def load_cifar_bundle(name: str, directory: Path, labels: str = "fine") -> DataB
     x_te, y_te = read(test_files)
     classes = CIFAR10_CLASSES if name == "cifar10" else _meta_names(base, f"{labels}_label_names")
 
-    def ds(x, y, part):
-        return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y), divisor=255.0, name=f"{name}/{part}")
-
-    return DataBundle(
-        name=name,
-        train=ds(x_tr, y_tr, "train"),
-        test=ds(x_te, y_te, "test"),
-        input_shape=(3, 32, 32),
-        n_classes=n_classes,
-        time_steps=None,
-        kind="static",
-        note=f"{title}{' (' + labels + ' labels)' if name == 'cifar100' else ''}: official split {len(x_tr)}/{len(x_te)}",
-        classes=classes,
-    )
+    note = f"{title}{' (' + labels + ' labels)' if name == 'cifar100' else ''}: official split {len(x_tr)}/{len(x_te)}"
+    return uint8_image_bundle(name, (x_tr, y_tr), (x_te, y_te), (3, 32, 32), n_classes, note, classes)
 
 
 def _meta_names(base: Path, key: str) -> list[str] | None:

@@ -7,9 +7,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from chsnn.data._base import ArrayDataset, DataBundle, DataError, missing_files, stratified_split
+from chsnn.data._base import DataBundle, DataError, missing_files, stratified_split, uint8_image_bundle
 
 # IDX type codes: numpy dtype (big-endian where it matters).
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -147,17 +146,4 @@ def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "bal
         missing = [s + "[.gz]" for part in ("train", "test") for s, f in zip(stems[part], found[part]) if f is None]
         raise missing_files(title, directory, missing, _SOURCES[name], spec_name=name)
 
-    def ds(x: np.ndarray, y: np.ndarray, part: str) -> ArrayDataset:
-        return ArrayDataset(torch.from_numpy(x[:, None]), torch.from_numpy(y), divisor=255.0, name=f"{name}/{part}")
-
-    return DataBundle(
-        name=name,
-        train=ds(x_tr, y_tr, "train"),
-        test=ds(x_te, y_te, "test"),
-        input_shape=(1, 28, 28),
-        n_classes=n_classes,
-        time_steps=None,
-        kind="static",
-        note=note,
-        classes=list(classes),
-    )
+    return uint8_image_bundle(name, (x_tr[:, None], y_tr), (x_te[:, None], y_te), (1, 28, 28), n_classes, note, list(classes))
