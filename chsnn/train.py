@@ -689,11 +689,12 @@ def _zoo_command(args) -> int:
     def fmt(v, spec=""):
         return "-" if v is None else format(v, spec)
 
-    print(f"{'config':<28} {'model':<12} {'data':<14} {'method':<8} {'sparsity':>8} {'test acc':>9} {'seconds':>8}")
+    table = [("config", "model", "data", "method", "sparsity", "test acc", "seconds", "")]
     for r in rows:
-        mark = " (default)" if r["default"] else ""
-        print(
-            f"{r['name']:<28} {r['model']:<12} {str(r['data']):<14} {r['method']:<8} {fmt(r['sparsity'], '.2f'):>8} "
-            f"{fmt(r['test_accuracy'], '.4f'):>9} {fmt(r['wall_seconds'], '.0f'):>8}{mark}"
+        table.append(
+            (r["name"], r["model"], str(r["data"]), r["method"], fmt(r["sparsity"], ".2f"), fmt(r["test_accuracy"], ".4f"), fmt(r["wall_seconds"], ".0f"), "(default)" if r["default"] else "")
         )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
     return 0

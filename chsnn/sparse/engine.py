@@ -578,7 +578,8 @@ class SparseEngine:
         for name, mask in state["masks"].items():
             t = self.by_name[name]
             self._set_mask(t, mask.to(self.device))
-        self.apply_masks() if self.sparse else None
+        if self.sparse:
+            self.apply_masks()
         self._rigl_acc = {k: v.to(self.device) for k, v in state["rigl_acc"].items()}
         if self.hebb is not None:
             self.hebb.load_state_dict(state["hebb"], self.device)
