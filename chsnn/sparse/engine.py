@@ -278,10 +278,9 @@ class SparseEngine:
 
     def step(self) -> None:
         """After each optimizer step: Hebb term, masks, maybe an update."""
-        if not self.sparse:
-            self.step_count += 1
-            return
         self.step_count += 1
+        if not self.sparse:
+            return
         if self.hebb is not None:
             self.hebb.apply(self.step_count)
         if self.remask_weights:
@@ -321,7 +320,7 @@ class SparseEngine:
         if cfg.regrowth != "gradient" or cfg.update_interval <= 0:
             return
         nxt = (self.step_count // cfg.update_interval + 1) * cfg.update_interval
-        if nxt - self.step_count <= cfg.rigl_accumulation:
+        if nxt - self.step_count <= cfg.rigl_accumulation and self.update_due(nxt):
             for t in self.targets:
                 if t.name not in self._rigl_acc:
                     self._rigl_acc[t.name] = torch.zeros_like(t.weight)
