@@ -127,7 +127,12 @@ def resolve_config(config: str | None = None, overrides: dict | None = None, ass
     source = find_config(config or DEFAULT_CONFIG)
     cfg = merge(cfg, load_config_file(source))
     cfg["config_source"] = str(source)
-    cfg = merge(cfg, {k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # Another model or dataset than the config's: its options do not carry over.
+    for key in ("model", "data"):
+        if key in overrides and overrides[key] != cfg[key]:
+            cfg[f"{key}_options"] = {}
+    cfg = merge(cfg, overrides)
     for text in assignments:
         parts, value = parse_assignment(text)
         node = cfg

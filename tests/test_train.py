@@ -93,3 +93,10 @@ def test_every_zoo_config_resolves(capsys):
         assert cfg["model"] and cfg["data"]
     code, out = run_cli(["zoo"], capsys)
     assert code == 0 and training.DEFAULT_CONFIG in out
+
+
+def test_another_model_drops_the_configs_model_options():
+    cfg = training.resolve_config(None, {"model": "snn-cnn", "data": "digits"}, ["model_options.channels=[8]"])
+    assert cfg["model_options"] == {"channels": [8]}
+    cfg = training.resolve_config(None, {"model": "snn-mlp"})
+    assert cfg["model_options"] == {"hidden": [512, 512]}  # same model: the config's options stay
