@@ -269,69 +269,58 @@ class Runner:
 
     @torch.no_grad()
     def evaluate(self, dataset=None) -> dict:
-        """Test accuracy, loss, and firing rates / synaptic operations."""
+        """Test accuracy and loss, firing rates, and the synaptic operations
+        and energy per sample (CH-SPEC section 7), in one pass."""
+        from chsnn.energy import account_energy
+
         dataset = dataset or self.data.test
-        self.model.eval()
-        probes = ActivityProbes(self.model, self.engine)
-        correct = total = 0
-        loss_sum = 0.0
+        probes = FiringRateProbes(self.model)
+        score = {"correct": 0, "total": 0, "loss": 0.0}
+
+        def tally(batch, logits):
+            y = batch[1].to(self.device)
+            score["loss"] += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            score["correct"] += int((logits.argmax(1) == y).sum())
+            score["total"] += y.numel()
+
+        batches = ((self.prepare(x), y) for x, y in self._batches(dataset, self.cfg["eval_batch_size"], epoch=-1))
         try:
-            for x, y in self._batches(dataset, self.cfg["eval_batch_size"], epoch=-1):
-                logits = self.model(self.prepare(x))
-                y = y.to(self.device)
-                loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(1) == y).sum())
-                total += y.numel()
+            energy = account_energy(self.model, batches, on_output=tally)
         finally:
             probes.remove()
-            self.model.train()
-        out = {"test_accuracy": correct / max(total, 1), "test_loss": loss_sum / max(total, 1)}
-        out.update(probes.summary(total, self.spiking))
+        n = max(score["total"], 1)
+        totals = energy["totals"]
+        out = {
+            "test_accuracy": score["correct"] / n,
+            "test_loss": score["loss"] / n,
+            "firing_rates": probes.rates(),
+            "macs_per_sample": totals["macs"],
+            "energy_pj_per_sample": totals["energy_pj"],
+            "dense_energy_pj_per_sample": totals["dense_energy_pj"],
+        }
+        if self.spiking:
+            out["sops_per_sample"] = totals["sops"]
         return out
 
 
-class ActivityProbes:
-    """Forward hooks that count spikes per spiking layer and the synaptic
-    operations of the sparse (and dense) linear-like layers: every input
-    event costs one accumulate per existing outgoing synapse."""
+class FiringRateProbes:
+    """Forward hooks counting the spikes of every spiking neuron layer."""
 
-    def __init__(self, model: nn.Module, engine: SparseEngine):
-        self.rates: dict[str, list[float]] = {}
-        self.sops = 0.0
+    def __init__(self, model: nn.Module):
+        self.counts: dict[str, list[float]] = {}
         self.handles = []
         neuron_types = _neuron_types()
         for name, m in model.named_modules():
             if neuron_types and isinstance(m, neuron_types):
-                self.rates[name] = [0.0, 0.0]
-                self.handles.append(m.register_forward_hook(self._rate_hook(name)))
-        for t in engine.targets:
-            self.handles.append(t.module.register_forward_pre_hook(self._sop_hook(t, engine)))
+                self.counts[name] = [0.0, 0.0]
+                self.handles.append(m.register_forward_hook(self._hook(name)))
 
-    def _rate_hook(self, name):
+    def _hook(self, name):
         def hook(module, args, out):
             out = out[0] if isinstance(out, tuple) else out
-            acc = self.rates[name]
+            acc = self.counts[name]
             acc[0] += float(out.detach().sum())
             acc[1] += out.numel()
-
-        return hook
-
-    def _sop_hook(self, t, engine):
-        def hook(module, args):
-            from chsnn.sparse.calibration import presynaptic_features
-
-            x = args[0].detach()
-            if t.kind == "kernel":
-                # events per input channel times that channel's active synapses per position
-                per_channel = x.movedim(-3, -1).reshape(-1, x.shape[-3]).sum(0)
-                mask = t.as_2d(getattr(module, "weight_mask", torch.ones_like(t.weight, dtype=torch.bool)))
-                fan_out = mask.reshape(t.n_out, -1, t.kernel_size).sum((0, 2)).to(per_channel.dtype)
-                self.sops += float(per_channel @ fan_out) / t.kernel_size
-                return
-            feats = presynaptic_features(t, x)
-            mask = t.as_2d(getattr(module, "weight_mask", torch.ones_like(t.weight, dtype=torch.bool)))
-            fan_out = mask.sum(0).to(feats.dtype)
-            self.sops += float(feats.abs().sum(0) @ fan_out)
 
         return hook
 
@@ -339,11 +328,8 @@ class ActivityProbes:
         for h in self.handles:
             h.remove()
 
-    def summary(self, n_samples: int, spiking: bool) -> dict:
-        out = {"firing_rates": {k: v[0] / v[1] for k, v in self.rates.items() if v[1]}}
-        if spiking:
-            out["sops_per_sample"] = self.sops / max(n_samples, 1)
-        return out
+    def rates(self) -> dict[str, float]:
+        return {k: v[0] / v[1] for k, v in self.counts.items() if v[1]}
 
 
 def _neuron_types():
@@ -488,8 +474,9 @@ def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = F
                 "lr": runner.optimizer.param_groups[0]["lr"],
                 "wall_seconds": wall_before + time.time() - start,
             }
-            if "sops_per_sample" in evaluation:
-                row["sops_per_sample"] = evaluation["sops_per_sample"]
+            for key in ("sops_per_sample", "macs_per_sample", "energy_pj_per_sample", "dense_energy_pj_per_sample"):
+                if key in evaluation:
+                    row[key] = evaluation[key]
             history.append(row)
             with open(out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -551,6 +538,8 @@ def make_summary(runner: Runner, history: list, wall: float) -> dict:
     if runner.spiking:
         summary["sops_per_sample"] = last.get("sops_per_sample")
         summary["firing_rates"] = last.get("firing_rates", {})
+    for key in ("macs_per_sample", "energy_pj_per_sample", "dense_energy_pj_per_sample"):
+        summary[key] = last.get(key)
     return summary
 
 
@@ -564,6 +553,10 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
     ]
     if summary.get("sops_per_sample") is not None:
         lines.append(f"  synaptic ops   {summary['sops_per_sample']:.4g} per sample")
+    if summary.get("energy_pj_per_sample") is not None:
+        dense = summary.get("dense_energy_pj_per_sample")
+        ratio = f" ({summary['energy_pj_per_sample'] / dense:.3f} of the same model dense)" if dense else ""
+        lines.append(f"  energy         {summary['energy_pj_per_sample'] / 1e6:.4g} uJ per sample at 45 nm{ratio}")
     lines.append("  layer                          shape            density   active in/out")
     for layer in summary["layers"]:
         shape = "x".join(map(str, layer["shape"]))

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                 return None
             return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
-        acc, sops, wall = stat("test_accuracy"), stat("sops_per_sample"), stat("wall_seconds")
+        acc, sops, wall, energy = stat("test_accuracy"), stat("sops_per_sample"), stat("wall_seconds"), stat("energy_pj_per_sample")
         rows.append(
             {
                 "method": method,
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
                 "test accuracy": f"{acc[0]:.4f}" + (f" ± {acc[1]:.4f}" if len(results) > 1 else ""),
                 "best epoch accuracy": f"{statistics.mean(r['best_test_accuracy'] for r in results):.4f}",
                 "SOPs / sample": "" if sops is None else f"{sops[0]:.4g}",
+                "energy µJ / sample": "" if energy is None else f"{energy[0] / 1e6:.4g}",
                 "percolation": f"{statistics.mean(r['percolation'] for r in results):.3f}",
                 "train s": f"{wall[0]:.0f}",
                 "run": str(Path(args.out) / f"{args.config}_{method}_s{args.sparsity}_seed*"),
