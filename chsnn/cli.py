@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)
 
+    from chsnn.report import add_report_command
     from chsnn.train import add_commands
 
     add_commands(sub)
+    add_report_command(sub)
     return parser
 
 

@@ -313,8 +313,10 @@ def sops_ratio_explained(sparse_result: dict, dense_result: dict) -> dict:
     ``sops_ratio`` (total SOPs, sparse / dense), ``density_ratio`` (total
     links, sparse / dense), ``firing_rate_ratio`` (mean input firing rate
     weighted by each layer's dense synapse count, sparse / dense) and
-    ``predicted_ratio = density_ratio * firing_rate_ratio``; a ratio with a
-    zero denominator is None. ``layers`` lists the names used.
+    ``predicted_ratio = density_ratio * firing_rate_ratio``, and ``coupling`` =
+    sops_ratio / predicted_ratio (1 when firing and fan-out are independent;
+    above 1 when the neurons that fire keep more links). A ratio with a zero
+    denominator is None. ``layers`` lists the names used.
     """
     dense_by_name = {layer["name"]: layer for layer in dense_result["layers"]}
     pairs = [
@@ -339,5 +341,8 @@ def sops_ratio_explained(sparse_result: dict, dense_result: dict) -> dict:
         "density_ratio": density_ratio,
         "firing_rate_ratio": firing_rate_ratio,
         "predicted_ratio": predicted,
+        # SOPs / (density x firing rate): above 1 when the neurons that fire carry
+        # more than their share of the links (links concentrated on active neurons).
+        "coupling": _ratio(sops_ratio, predicted) if sops_ratio is not None and predicted is not None else None,
         "layers": [s["name"] for s in sparse_layers],
     }
