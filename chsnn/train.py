@@ -218,12 +218,21 @@ class Runner:
             else None
         )
         self.encode_gen = torch.Generator(device="cpu").manual_seed(cfg["seed"] + 1)
-        engine_cfg = dict(cfg["engine"])
+        # The model's own defaults (e.g. Spikformer: only its linear layers, chains
+        # inside each MLP) sit under the config's engine options.
+        engine_cfg = {**getattr(self.model, "default_engine_options", {}), **cfg["engine"]}
         engine_cfg.setdefault("seed", cfg["seed"])
         engine_cfg.setdefault("update_interval", max(1, self.steps_per_epoch // cfg["updates_per_epoch"]))
         engine_cfg.setdefault("total_steps", self.total_steps)
         calibration = [self.prepare(x) for x, _ in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=cfg["calibration_batches"])]
-        self.engine = SparseEngine(self.model, self.optimizer, engine_cfg, calibration=calibration, forward_fn=lambda m, x: m(x))
+        self.engine = SparseEngine(
+            self.model,
+            self.optimizer,
+            engine_cfg,
+            calibration=calibration,
+            forward_fn=lambda m, x: m(x),
+            row_groups=getattr(self.model, "head_groups", None),
+        )
         # The engine's own schedule decides updates; the LR schedule steps per optimizer step.
         if self.scheduler is not None:
             self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.scheduler.step())
@@ -531,6 +540,7 @@ def make_summary(runner: Runner, history: list, wall: float) -> dict:
         "layers": layers,
         "dense_output": engine.dense_output,
         "topology_updates": engine.n_updates,
+        "row_groups": engine.active_groups(),  # attention heads' q/k/v blocks still linked
         "wall_seconds": wall,
         "device": str(runner.device),
         "data_note": getattr(runner.data, "note", ""),
@@ -551,6 +561,8 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         f"  sparsity       {summary['sparsity']:.4f} over the sparse layers; percolation {summary['percolation']:.3f}",
         f"  epochs {summary['epochs']}, steps {summary['steps']}, topology updates {summary['topology_updates']}, {summary['wall_seconds']:.1f} s on {summary['device']}",
     ]
+    for name, g in (summary.get("row_groups") or {}).items():
+        lines.append(f"  head blocks    {g['active']}/{g['total']} q/k/v head blocks linked in {name}")
     if summary.get("sops_per_sample") is not None:
         lines.append(f"  synaptic ops   {summary['sops_per_sample']:.4g} per sample")
     if summary.get("energy_pj_per_sample") is not None:
@@ -645,6 +657,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", help="run directory (default: runs/MODEL_DATA_METHOD_sSPARSITY_seedSEED)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. engine.zeta=0.2")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--smoke", action="store_true", help="random data of the config's data shape, 1 epoch, 2 steps unless --max-steps: checks a config in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.set_defaults(func=_train_command)
 
@@ -668,7 +681,15 @@ def _train_command(args) -> int:
     if engine:
         overrides["engine"] = engine
     cfg = resolve_config(args.config, overrides, args.set)
-    train(cfg, Path(args.out) if args.out else default_run_dir(cfg), quiet=args.quiet)
+    if args.smoke:
+        from chsnn.data import smoke_data
+
+        cfg["data"], cfg["data_options"] = smoke_data(cfg["data"], cfg["time_steps"])
+        cfg["data_options"].setdefault("time_steps", None)  # static stays static (the runner fills in time_steps otherwise)
+        cfg["epochs"], cfg["max_steps"] = 1, args.max_steps or 2
+        validate_config(cfg)
+    out = Path(args.out) if args.out else default_run_dir(cfg).with_name(default_run_dir(cfg).name + ("_smoke" if args.smoke else ""))
+    train(cfg, out, quiet=args.quiet)
     return 0
 
 

@@ -485,3 +485,21 @@ def test_inductor_compiles_once_across_topology_updates():
         assert_masked(engine, opt)
     assert engine.n_updates == 3
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, "a topology update forced a recompile"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_row_groups_never_left_empty_by_regrowth(seed):
+    """Attention heads: every (head, q|k|v) row block keeps a link."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+    opt = torch.optim.SGD(model.parameters(), 0.05)
+    groups = {"0": [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]}
+    engine = SparseEngine(model, opt, {"method": "set", "sparsity": 0.95, "zeta": 1.0, "update_interval": 1, "seed": seed}, row_groups=groups)
+    for x in torch.rand(6, 4, 16):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        assert engine.active_groups()["0"] == {"active": 6, "total": 6}
+        assert int(engine.mask("0").sum()) == engine.target_links(engine.by_name["0"], 0.05)
+    with pytest.raises(ConfigError, match="row_groups"):
+        SparseEngine(mlp(), None, {"method": "set", "sparsity": 0.5}, row_groups={"1": [[99]]})

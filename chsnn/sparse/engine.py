@@ -78,9 +78,22 @@ class SparseEngine:
             ``calibration_batches`` are kept on the model's device.
         forward_fn: ``forward_fn(model, batch)`` runs one calibration batch
             (default ``model(x)``); spiking states are reset after each call.
+        row_groups: ``{layer name: [[output rows], ...]}``, groups that must
+            each keep at least one link (attention heads' q/k/v blocks):
+            regrowth refills a group left empty, unless chain removal emptied it.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, config=None, *, calibration=None, forward_fn: Callable | None = None, **options):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        config=None,
+        *,
+        calibration=None,
+        forward_fn: Callable | None = None,
+        row_groups: dict[str, list[list[int]]] | None = None,
+        **options,
+    ):
         self.config = cfg = make_config(config, **options)
         self.model = model
         self.optimizer = optimizer
@@ -114,6 +127,7 @@ class SparseEngine:
             )
         self.targets = trace_order(model, self.calibration[0], targets, self.forward_fn) if self.calibration else targets
         self.by_name = {t.name: t for t in self.targets}
+        self.row_groups = self._resolve_row_groups(row_groups or {})
         self.chains = self._resolve_chains()
         self.successor = {a.name: b for a, b in self.chains}
         self.sparse = cfg.method != "dense"
@@ -171,6 +185,31 @@ class SparseEngine:
                 raise ConfigError(f"chain pair {pair!r}: {a.describe()} outputs must be {b.describe()} inputs (linear layers, {a.n_out} vs {b.n_in})")
             pairs.append((a, b))
         return pairs
+
+    def _resolve_row_groups(self, groups: dict) -> dict[str, torch.Tensor]:
+        """Each group as a row-membership matrix (groups x n_out), on device."""
+        out = {}
+        for name, rows in groups.items():
+            if name not in self.by_name:
+                continue  # a layer the config left dense
+            t = self.by_name[name]
+            if t.kind != LINEAR or any(not 0 <= r < t.n_out for g in rows for r in g):
+                raise ConfigError(f"row_groups for {t.describe()}: rows must index its {t.n_out} outputs")
+            member = torch.zeros(len(rows), t.n_out, dtype=torch.bool, device=self.device)
+            for i, g in enumerate(rows):
+                member[i, list(g)] = True
+            out[name] = member
+        return out
+
+    def active_groups(self) -> dict[str, dict]:
+        """Per grouped layer: how many row groups keep at least one link."""
+        out = {}
+        for name, member in self.row_groups.items():
+            t = self.by_name[name]
+            rows_alive = any_along(t.as_2d(getattr(t.module, MASK)), 1) if self.sparse else torch.ones(t.n_out, dtype=torch.bool, device=self.device)
+            alive = (member & rows_alive.unsqueeze(0)).any(1)
+            out[name] = {"active": count(alive), "total": member.shape[0]}
+        return out
 
     def target_links(self, t: SparseTarget, density: float) -> int:
         """Links a layer keeps at a density: exact count for linear layers;
@@ -344,6 +383,8 @@ class SparseEngine:
             removed = self._removal(t, before, zeta, density, activity, step)
             plans[t.name] = {"before": before, "removed": removed, "chain": 0, "ms": (time.perf_counter() - t0) * 1e3}
         if cfg.chain_removal:
+            for plan in plans.values():
+                plan["removed_before_chain"] = plan["removed"]
             self._chain_remove(plans)
         layers = []
         self.last_changes = {}
@@ -352,6 +393,8 @@ class SparseEngine:
             t0 = time.perf_counter()
             after = plan["before"] & ~plan["removed"]
             regrown = self._regrowth(t, after, plan["removed"], density)
+            if t.name in self.row_groups:
+                regrown = self._refill_groups(t, plan, after, regrown)
             self._commit(t, plan["removed"], regrown, after | regrown)
             self.last_changes[t.name] = {"before": plan["before"], "removed": plan["removed"], "regrown": regrown}
             layers.append(self._layer_record(t, plan, regrown, plan["ms"] + (time.perf_counter() - t0) * 1e3))
@@ -456,6 +499,36 @@ class SparseEngine:
         if cfg.soft_regrowth and scores is not None:
             return sample_weighted(scores, candidates, n, self.generator)
         return select_top(scores, candidates, n, self.generator)
+
+    def _refill_groups(self, t: SparseTarget, plan: dict, after: torch.Tensor, regrown: torch.Tensor) -> torch.Tensor:
+        """Give every row group left without links one regrown link, taken
+        from a group that keeps others; groups emptied by chain removal stay
+        empty. The count of regrown links is unchanged."""
+        member = self.row_groups[t.name]
+        chain_emptied = torch.zeros(member.shape[0], dtype=torch.bool, device=self.device)
+        if plan["chain"]:
+            before_chain = plan["before"] & ~plan.get("removed_before_chain", plan["removed"])
+            chain_emptied = (member & any_along(before_chain, 1)).any(1) & ~(member & any_along(after, 1)).any(1)
+        regrown = regrown.clone()
+        scores = None
+        for g in range(member.shape[0]):
+            new_rows = any_along(after | regrown, 1)
+            if bool((member[g] & new_rows).any()) or bool(chain_emptied[g]):
+                continue
+            # one link into the group: the best candidate in its rows (random ties)
+            in_group = member[g].unsqueeze(1) & ~after & ~regrown
+            if scores is None:
+                scores = strategies.REGROWTHS[self.config.regrowth](self, t, after)
+            pick = select_top(scores, in_group, 1, self.generator)
+            # and one fewer elsewhere: the weakest regrown link of a group that keeps links
+            per_row = (after | regrown).sum(1)
+            donor_rows = per_row > 1
+            donors = regrown & donor_rows.unsqueeze(1)
+            if not bool(donors.any()) or not bool(pick.any()):
+                continue
+            drop = select_top(scores, donors, 1, self.generator, largest=False)
+            regrown = (regrown & ~drop) | pick
+        return regrown
 
     def _commit(self, t: SparseTarget, removed: torch.Tensor, regrown: torch.Tensor, new: torch.Tensor) -> None:
         """New mask; weights and optimizer state zero at removed and regrown
