@@ -507,7 +507,7 @@ def render_report(run_dir, pj_per_ac: float | None = None, pj_per_mac: float | N
         else:
             figs[fid] = _svg(fig)
 
-    identity = {k: summary.get(k) for k in ("method", "dataset", "model", "seed", "epochs", "sparsity", "percolation", "test_accuracy", "best_test_accuracy")}
+    identity = {k: summary.get(k) for k in ("method", "dataset", "model", "seed", "epochs", "sparsity", "percolation", "test_accuracy", "best_test_accuracy", "heads")}
     report = {
         "run_dir": str(run_dir.resolve()),
         "checkpoint": ckpt_name,
@@ -557,6 +557,7 @@ def _headline(report: dict) -> list[tuple[str, str]]:
         ("MACs per sample", vs("macs", "")),
         ("energy per sample", vs("energy_pj", "pJ")),
         ("parameters", f"{report['parameters']['existing']:,} existing of {report['parameters']['dense']:,} dense"),
+        *[(f"attention heads ({name})", f"{g['active']} of {g['total']} active") for name, g in (report.get("heads") or {}).items()],
         ("constants", f"{report['constants']['pj_per_ac']} pJ per accumulate, {report['constants']['pj_per_mac']} pJ per multiply-accumulate"),
     ]
 
@@ -626,6 +627,10 @@ def _report_html(report: dict, figs: dict, notes: dict) -> str:
         _card("energy / sample", f"{_fmt(ps.get('energy_pj'), '.4g')} pJ", vs_detail("energy_pj", " pJ")),
         _card("parameters", f"{report['parameters']['existing']:,}", f"of {report['parameters']['dense']:,} dense"),
     ]
+    heads = report.get("heads") or {}
+    if heads:
+        active, total = sum(g["active"] for g in heads.values()), sum(g["total"] for g in heads.values())
+        cards.append(_card("attention heads", f"{active} / {total}", f"active over {len(heads)} attention layers"))
     c = report["constants"]
     parts = [
         f"<header><h1>chsnn report: {html.escape(_title(report))}</h1>",

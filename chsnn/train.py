@@ -540,7 +540,7 @@ def make_summary(runner: Runner, history: list, wall: float) -> dict:
         "layers": layers,
         "dense_output": engine.dense_output,
         "topology_updates": engine.n_updates,
-        "row_groups": engine.active_groups(),  # attention heads' q/k/v blocks still linked
+        "heads": attention_heads(engine),
         "wall_seconds": wall,
         "device": str(runner.device),
         "data_note": getattr(runner.data, "note", ""),
@@ -553,6 +553,19 @@ def make_summary(runner: Runner, history: list, wall: float) -> dict:
     return summary
 
 
+def attention_heads(engine: SparseEngine) -> dict:
+    """Per attention layer: heads whose q, k and v blocks all keep links.
+    Row groups come from the model's ``head_groups``, ordered q heads, then
+    k heads, then v heads (chsnn.models.spikformer)."""
+    out = {}
+    for name, g in engine.active_groups().items():
+        n_heads = g["total"] // 3
+        alive = g["alive"]
+        heads = sum(all(alive[s * n_heads + h] for s in range(3)) for h in range(n_heads))
+        out[name] = {"active": heads, "total": n_heads, "qkv_blocks_active": g["active"], "qkv_blocks": g["total"]}
+    return out
+
+
 def summary_screen(summary: dict, out_dir: Path) -> str:
     lines = [
         "",
@@ -561,8 +574,8 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         f"  sparsity       {summary['sparsity']:.4f} over the sparse layers; percolation {summary['percolation']:.3f}",
         f"  epochs {summary['epochs']}, steps {summary['steps']}, topology updates {summary['topology_updates']}, {summary['wall_seconds']:.1f} s on {summary['device']}",
     ]
-    for name, g in (summary.get("row_groups") or {}).items():
-        lines.append(f"  head blocks    {g['active']}/{g['total']} q/k/v head blocks linked in {name}")
+    for name, g in (summary.get("heads") or {}).items():
+        lines.append(f"  heads          {g['active']}/{g['total']} attention heads active in {name}")
     if summary.get("sops_per_sample") is not None:
         lines.append(f"  synaptic ops   {summary['sops_per_sample']:.4g} per sample")
     if summary.get("energy_pj_per_sample") is not None:

@@ -100,3 +100,44 @@ def test_another_model_drops_the_configs_model_options():
     assert cfg["model_options"] == {"channels": [8]}
     cfg = training.resolve_config(None, {"model": "snn-mlp"})
     assert cfg["model_options"] == {"hidden": [512, 512]}  # same model: the config's options stay
+
+
+def test_spikformer_layers_all_sparse_and_heads_reported(tmp_path, capsys):
+    """Issue 5's acceptance in small: every Spikformer linear layer at the
+    target density, listed in summary.json, with the heads still active."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "cifar_like.npz"
+    np.savez(npz, x_train=rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), y_train=rng.integers(0, 10, 16),
+             x_test=rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), y_test=rng.integers(0, 10, 8))
+    out = tmp_path / "spk"
+    args = ["train", "--model", "spikformer", "--data", f"npz:{npz}", "--method", "chsnn", "--sparsity", "0.9", "--max-steps", "3",
+            "--set", "engine.update_interval=1", "--set", "model_options={embed_dims: 32, num_heads: 2, depths: 1}",
+            "--set", "time_steps=2", "--set", "batch_size=8", "--out", str(out), "--quiet"]
+    code, text = run_cli(args, capsys)
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    names = [layer["name"] for layer in summary["layers"]]
+    assert names == ["blocks.0.attn.qkv_conv_bn.0", "blocks.0.attn.proj_conv_bn.0", "blocks.0.mlp.fc1.0", "blocks.0.mlp.fc2.0"]
+    for layer in summary["layers"]:
+        assert abs(layer["density"] - 0.10) <= 0.01
+    assert summary["topology_updates"] >= 1
+    assert summary["heads"]["blocks.0.attn.qkv_conv_bn.0"] == {"active": 2, "total": 2, "qkv_blocks_active": 6, "qkv_blocks": 6}
+
+
+@pytest.mark.parametrize("method", ["set", "cht"])
+def test_vgg16_kernel_masks_stay_equal_per_kernel(method, tmp_path, capsys):
+    """CHT-Conv: after updates every kernel of every conv has the same count."""
+    out = tmp_path / method
+    data = "data_options={input_shape: [3, 32, 32], n_classes: 10, n_train: 16, n_test: 8, kind: static}"
+    args = ["train", "--model", "vgg16", "--data", "random", "--set", data, "--method", method, "--sparsity", "0.5", "--max-steps", "3",
+            "--set", "engine.update_interval=1", "--set", "engine.early_stop=false", "--set", "model_options.width=0.0625",
+            "--set", "batch_size=8", "--out", str(out), "--quiet"]
+    code, text = run_cli(args, capsys)
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["topology_updates"] == 3
+    convs = [layer for layer in summary["layers"] if "kernel_active_min" in layer]
+    assert len(convs) == 13
+    assert all(layer["kernel_active_min"] == layer["kernel_active_max"] == 4 for layer in convs)  # round(0.5 * 9)

@@ -5,6 +5,7 @@ from chsnn.data import load_dataset, DATASETS, encode, DataBundle
 
 bundle = load_dataset("ndigits")                       # built in, no download
 bundle = load_dataset("mnist:/path/to/dir", seed=0)    # files you already have
+bundle = load_dataset("random", input_shape=(3, 32, 32), n_classes=10)  # smoke runs
 x, y = bundle.train[0]      # float32 tensor, int
 ```
 
@@ -20,9 +21,11 @@ from chsnn.data.encoding import ENCODINGS, encode
 from chsnn.data.frames import events_to_frames
 from chsnn.data.neuromorphic import read_nmnist_file
 from chsnn.data.registry import DATASETS, load_dataset
+from chsnn.data.synthetic import DATASET_SHAPES, smoke_data
 
 __all__ = [
     "DATASETS",
+    "DATASET_SHAPES",
     "ENCODINGS",
     "EVENT_DTYPE",
     "ArrayDataset",
@@ -35,5 +38,6 @@ __all__ = [
     "ndigits_cache_path",
     "ndigits_events",
     "read_nmnist_file",
+    "smoke_data",
     "stratified_split",
 ]

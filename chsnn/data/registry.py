@@ -21,6 +21,7 @@ DATASETS: dict[str, str] = {
     "cifar10dvs": "CIFAR10-DVS via tonic, AEDAT4 files (10k, split 9000/1000 by seed); events (T, 2, 128, 128)",
     "shd": "Spiking Heidelberg Digits via tonic, .h5 files (8156/2264, 20 classes); events (T, 700)",
     "npz": "your own data: one .npz with x_train, y_train, x_test, y_test (static images or event frames)",
+    "random": "seeded random data of any shape for smoke runs, options input_shape=, n_classes=, n_train=, n_test=, kind=; events when time_steps is given; no signal",
 }
 
 ALIASES = {
@@ -39,7 +40,7 @@ ALIASES = {
 
 # Per-dataset options beyond time_steps, seed and root, with their defaults.
 _EXTRA_OPTIONS = {"emnist": {"split": "balanced"}, "cifar100": {"labels": "fine"}}
-_NO_PATH = ("digits", "ndigits")
+_NO_PATH = ("digits", "ndigits", "random")
 DEFAULT_TIME_STEPS = 8
 
 
@@ -70,11 +71,16 @@ def load_dataset(spec: str, *, time_steps: int | None = None, seed: int = 0, roo
       real sets given without a PATH are looked for in ``root/NAME``.
     - ``split`` (emnist: byclass, bymerge, balanced, letters, digits, mnist),
       ``labels`` (cifar100: fine, coarse).
+    - ``random`` takes ``input_shape``, ``n_classes``, ``n_train``, ``n_test`` and
+      ``kind`` (static or events; default: events exactly when ``time_steps`` is
+      given); see :mod:`chsnn.data.synthetic`.
 
     Nothing is ever downloaded: missing files raise ``MissingDataError`` naming the
     files, the directory searched and where to get them.
     """
     name, path = parse_spec(spec)
+    if name == "random":
+        return _load_random(path, time_steps, seed, root, options)
     allowed = _EXTRA_OPTIONS.get(name, {})
     for key in options:
         if key not in allowed:
@@ -125,3 +131,17 @@ def load_dataset(spec: str, *, time_steps: int | None = None, seed: int = 0, roo
     if name == "shd":
         return nm.load_shd_bundle(data_dir, t)
     raise AssertionError(name)  # pragma: no cover - every name is handled above
+
+
+def _load_random(path, time_steps, seed, root, options) -> DataBundle:
+    from chsnn.data.synthetic import RANDOM_DEFAULTS, load_random_bundle
+
+    if path is not None:
+        raise ValueError(f"random is generated and takes no path (got 'random:{path}'); give its shape with input_shape=")
+    for key in options:
+        if key not in RANDOM_DEFAULTS:
+            valid = ", ".join(["time_steps", "seed", "root", *RANDOM_DEFAULTS])
+            raise ValueError(f"unknown option {key!r} for dataset 'random'; valid options: {valid}")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a directory path, got {root!r}")
+    return load_random_bundle(time_steps, seed, **options)

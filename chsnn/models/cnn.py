@@ -92,6 +92,7 @@ class SpikingCNN(SpikingJellyModel):
         else:
             self.fc_dropout = nn.Identity()
         self.head = layer.Linear(hidden, n_classes, step_mode="m")  # registered last: the engine's dense output
+        self.default_engine_options: dict = {}  # no exclusions or chains beyond the engine's defaults
         self.finish()
 
     def run(self, x):

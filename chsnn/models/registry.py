@@ -129,7 +129,8 @@ def build_model(name: str, input_shape, n_classes: int, time_steps: int | None =
         **options: model options; see :func:`model_defaults` for each model's.
 
     The model carries ``spiking``, ``time_steps``, ``input_shape``,
-    ``n_classes``, ``model_name`` and ``options`` (the full resolved options,
+    ``n_classes``, ``model_name``, ``default_engine_options`` and
+    ``head_groups`` (``{}`` unless the builder set them) and ``options`` (the full resolved options,
     so ``build_model(m.model_name, m.input_shape, m.n_classes, m.time_steps,
     **m.options)`` rebuilds it).
 
@@ -158,4 +159,9 @@ def build_model(name: str, input_shape, n_classes: int, time_steps: int | None =
     model.model_name = name
     resolved = {**entry.defaults, **options}
     model.options = {**resolved, **getattr(model, "options", {})}
+    # Read by the trainer / sparse engine; absent means none.
+    if not isinstance(getattr(model, "default_engine_options", None), dict):
+        model.default_engine_options = {}
+    if not isinstance(getattr(model, "head_groups", None), dict):
+        model.head_groups = {}
     return model

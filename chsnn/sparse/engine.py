@@ -208,7 +208,7 @@ class SparseEngine:
             t = self.by_name[name]
             rows_alive = any_along(t.as_2d(getattr(t.module, MASK)), 1) if self.sparse else torch.ones(t.n_out, dtype=torch.bool, device=self.device)
             alive = (member & rows_alive.unsqueeze(0)).any(1)
-            out[name] = {"active": count(alive), "total": member.shape[0]}
+            out[name] = {"active": count(alive), "total": member.shape[0], "alive": alive.tolist()}
         return out
 
     def target_links(self, t: SparseTarget, density: float) -> int:
