@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import types
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -23,78 +22,6 @@ LAYER_KEYS = {"name", "density", "links", "active_in", "active_out", "firing_rat
 TOTAL_KEYS = {"sops", "macs", "energy_pj", "dense_sops", "dense_macs", "dense_energy_pj"}
 
 
-def _stand_in_energy() -> types.ModuleType:
-    """A minimal chsnn.energy with its interface, for checkouts where it has not landed."""
-    mod = types.ModuleType("chsnn.energy")
-    mod.PJ_PER_AC, mod.PJ_PER_MAC = 0.9, 4.6
-
-    def account_energy(model, batches, pj_per_ac=0.9, pj_per_mac=4.6):
-        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-        acc = {n: {"events": 0.0, "nonzero": 0.0, "numel": 0, "spikes": True, "rows": 0.0} for n, _ in layers}
-
-        def hook(name):
-            def f(module, args):
-                x = args[0].detach()
-                a = acc[name]
-                a["spikes"] &= bool(((x == 0) | (x == 1)).all())
-                a["nonzero"] += float((x != 0).sum())
-                a["numel"] += x.numel()
-                a["rows"] += x.numel() / module.weight.shape[1]
-
-            return f
-
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-        n = 0
-        try:
-            for x in batches:
-                model(x)
-                n += x.shape[1] if x.dim() > 2 else x.shape[0]
-        finally:
-            for h in handles:
-                h.remove()
-        out, totals = [], dict.fromkeys(TOTAL_KEYS, 0.0)
-        for name, m in layers:
-            a, mask = acc[name], getattr(m, "weight_mask", torch.ones_like(m.weight, dtype=torch.bool)).reshape(m.weight.shape[0], -1)
-            rate = a["nonzero"] / max(a["numel"], 1)
-            ops, dense_ops = a["rows"] * rate * mask.sum().item() / n, a["rows"] * rate * mask.numel() / n
-            spk = a["spikes"]
-            row = {"name": name, "kind": "linear", "shape": list(m.weight.shape), "links": int(mask.sum()), "density": float(mask.float().mean()),
-                   "active_in": int(mask.any(0).sum()), "active_out": int(mask.any(1).sum()), "input": "spikes" if spk else "analog",
-                   "firing_rate": rate if spk else None, "sops": ops if spk else 0.0, "macs": 0.0 if spk else ops,
-                   "dense_sops": dense_ops if spk else 0.0, "dense_macs": 0.0 if spk else dense_ops}
-            row["energy_pj"] = row["sops"] * pj_per_ac + row["macs"] * pj_per_mac
-            row["dense_energy_pj"] = row["dense_sops"] * pj_per_ac + row["dense_macs"] * pj_per_mac
-            out.append(row)
-            for k in TOTAL_KEYS:
-                totals[k] += row[k]
-        return {"n_samples": n, "time_steps": None, "pj_per_ac": pj_per_ac, "pj_per_mac": pj_per_mac, "layers": out, "totals": totals}
-
-    def sops_ratio_explained(s, d):
-        dn = {lay["name"]: lay for lay in d["layers"]}
-        pairs = [(a, dn[a["name"]]) for a in s["layers"] if a["input"] == "spikes" and a["name"] in dn]
-        ratio = lambda x, y: x / y if y else None  # noqa: E731
-        w = lambda ls: sum(math.prod(lay["shape"]) * lay["firing_rate"] for lay in ls) / sum(math.prod(lay["shape"]) for lay in ls)  # noqa: E731
-        dr = ratio(sum(a["links"] for a, _ in pairs), sum(b["links"] for _, b in pairs))
-        fr = ratio(w([a for a, _ in pairs]), w([b for _, b in pairs]))
-        return {"sops_ratio": ratio(sum(a["sops"] for a, _ in pairs), sum(b["sops"] for _, b in pairs)), "density_ratio": dr, "firing_rate_ratio": fr, "predicted_ratio": dr * fr}
-
-    mod.account_energy, mod.sops_ratio_explained = account_energy, sops_ratio_explained
-    return mod
-
-
-@pytest.fixture(scope="module")
-def energy_module():
-    """The real chsnn.energy, or the stand-in until it lands."""
-    try:
-        import chsnn.energy  # noqa: F401
-
-        yield
-    except ImportError:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setitem(sys.modules, "chsnn.energy", _stand_in_energy())
-            yield
-
-
 def _train(out: Path, *extra) -> Path:
     from chsnn.train import resolve_config, train
 
@@ -104,7 +31,7 @@ def _train(out: Path, *extra) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, energy_module):
+def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("report_runs")
     sparse = _train(base / "sparse")
     dense = _train(base / "dense", "engine.method=dense")
@@ -243,7 +170,7 @@ def test_cli_several_runs(runs, tmp_path, capsys):
     assert "Not shown" in (runs["dense"] / "report" / "index.html").read_text()
 
 
-def test_not_a_run_dir(tmp_path, energy_module):
+def test_not_a_run_dir(tmp_path):
     with pytest.raises(ValueError, match="not a chsnn run directory"):
         rep.render_report(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from chsnn.models.base import check_positive_int, check_real
+from chsnn.models.base import check_input_shape, check_positive_int, check_real
 from chsnn.models.registry import register_model
 
 MLP_HIDDEN = 1568  # the CHT paper's hidden width
@@ -42,10 +42,7 @@ class AnnModel(nn.Module):
         raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape or x.shape[0] == 0:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            dims = ", ".join(map(str, self.input_shape))
-            raise ValueError(f"{type(self).__name__} expects input (N, {dims}) with N >= 1, got {shape}")
+        check_input_shape(self, x, ("N",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, n_classes)``."""

@@ -78,6 +78,16 @@ def check_neuron_options(tau, v_threshold, surrogate: str, dropout) -> tuple[flo
     return tau, v_threshold, surrogate, dropout
 
 
+def check_input_shape(model, x, leading: tuple[str, ...], what: str = "input") -> None:
+    """``x`` must be ``(*leading, *model.input_shape)`` with a non-empty first
+    dimension; the error names the expected layout."""
+    n = len(leading)
+    if not isinstance(x, torch.Tensor) or x.dim() != n + len(model.input_shape) or tuple(x.shape[n:]) != model.input_shape or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        dims = ", ".join((*leading, *map(str, model.input_shape)))
+        raise ValueError(f"{type(model).__name__} expects {what} ({dims}) with {leading[0]} >= 1, got {shape}")
+
+
 # Neuron kernels -----------------------------------------------------------------
 
 
@@ -206,10 +216,7 @@ class SpikingModel(nn.Module):
         raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 + len(self.input_shape) or tuple(x.shape[2:]) != self.input_shape or x.shape[0] == 0:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            dims = ", ".join(map(str, self.input_shape))
-            raise ValueError(f"{type(self).__name__} expects time-major input (T, N, {dims}) with T >= 1, got {shape}")
+        check_input_shape(self, x, ("T", "N"), "time-major input")
 
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         """The output layer's outputs at every step, ``(T, N, n_classes)``."""

@@ -47,8 +47,6 @@ the residual paths are not chains).
 
 from __future__ import annotations
 
-from torch import nn
-
 from chsnn.models.base import SpikingJellyModel, check_positive_int, check_real
 from chsnn.models.registry import register_model
 
