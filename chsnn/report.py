@@ -125,7 +125,7 @@ def _account(run_dir: Path, ckpt: dict, pj_per_ac: float, pj_per_mac: float) -> 
     from chsnn.energy import account_energy
     from chsnn.train import Runner, _restore
 
-    runner = Runner(ckpt["config"], run_dir, quiet=True)
+    runner = Runner(ckpt["config"])
     _restore(runner, ckpt)
     batches = _Progress(
         [runner.prepare(x) for x, _ in runner._batches(runner.data.test, runner.cfg["eval_batch_size"], epoch=-1)],

@@ -192,13 +192,11 @@ def pick_device(name: str) -> torch.device:
 class Runner:
     """Everything a run needs, built from a resolved config."""
 
-    def __init__(self, cfg: dict, out_dir: Path | None = None, quiet: bool = False):
+    def __init__(self, cfg: dict):
         from chsnn.data import encode, load_dataset
         from chsnn.models import build_model
 
         self.cfg = cfg
-        self.out_dir = out_dir
-        self.quiet = quiet
         self.device = pick_device(cfg["device"])
         torch.manual_seed(cfg["seed"])
         data_options = dict(cfg["data_options"])
@@ -425,7 +423,7 @@ def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = F
     atomic_write_text(out_dir / "config.yaml", _yaml().safe_dump(cfg, sort_keys=False))
 
     start = time.time()
-    runner = Runner(cfg, out_dir, quiet)
+    runner = Runner(cfg)
     epoch0, skip, best, history = 0, 0, -1.0, []
     wall_before = 0.0
     if ckpt is not None:
@@ -623,7 +621,7 @@ def evaluate_run(run_dir: Path, quiet: bool = False) -> dict:
             break
     else:
         raise ConfigError(f"{run_dir} holds no checkpoint (best.pt or latest.pt); is it a chsnn run directory?")
-    runner = Runner(ckpt["config"], run_dir, quiet=True)
+    runner = Runner(ckpt["config"])
     _restore(runner, ckpt)
     result = runner.evaluate()
     result["checkpoint"] = name
