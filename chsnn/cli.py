@@ -54,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     from chsnn.report import add_report_command
+    from chsnn.sweep import add_sweep_command
     from chsnn.train import add_commands
 
     add_commands(sub)
     add_report_command(sub)
+    add_sweep_command(sub)
     return parser
 
 

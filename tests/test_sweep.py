@@ -1,0 +1,160 @@
+"""``chsnn sweep``: grid validation, run planning, reuse, tables and one real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chsnn.cli import main
+from chsnn.sparse import ConfigError
+from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
+
+TINY = {
+    "config": "snn-mlp_ndigits",
+    "set": {
+        "data": "random",
+        "data_options": {"input_shape": [1, 6, 6], "n_classes": 3, "kind": "static", "n_train": 64, "n_test": 32},
+        "model_options": {"hidden": [16]},
+        "epochs": 1,
+        "max_steps": 2,
+        "batch_size": 32,
+    },
+    "seeds": [0, 1],
+    "sparsities": [0.9, 0.95],
+    "methods": {"dense": {"method": "dense"}, "set": {"method": "set"}, "chsnn": {"method": "chsnn"}},
+    "ablation": {"sparsity": 0.95, "variants": {"chsnn": {"method": "chsnn"}, "regrowth=random": {"method": "chsnn", "regrowth": "random"}}},
+}
+
+
+def write_grid(tmp_path, **changes) -> Path:
+    grid = {**TINY, "out": str(tmp_path / "runs"), **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_plan_dense_once_per_seed_and_shared_runs(tmp_path):
+    runs = plan_runs(load_grid(write_grid(tmp_path)))
+    names = sorted(r.run_dir.name for r in runs)
+    # dense: one run per seed; set, chsnn: per sparsity and seed; the ablation's
+    # chsnn at 0.95 is the method table's run, not a second one.
+    assert [n for n in names if n.startswith("dense")] == ["dense_seed0", "dense_seed1"]
+    assert len(runs) == 2 + 2 * 2 * 2 + 2
+    shared = [r for r in runs if r.run_dir.name == "chsnn_s0.95_seed0"][0]
+    assert shared.groups == {"methods", "ablation"}
+    ablated = [r for r in runs if r.label == "regrowth=random"][0]
+    assert ablated.cfg["engine"]["regrowth"] == "random" and ablated.cfg["engine"]["sparsity"] == 0.95
+    assert ablated.cfg["epochs"] == 1 and ablated.cfg["model_options"] == {"hidden": [16]}
+    # the base config's engine options stay unless a variant overrides them
+    assert shared.cfg["engine"]["zeta"] == 0.3
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": 1}, "unknown key(s) colour"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"sparsities": [1.0]}, "must be a number in [0, 1)"),
+        ({"methods": {"a b": {"method": "set"}}}, "file-name-safe"),
+        ({"methods": {"set": "set"}}, "must be a mapping of engine options"),
+        ({"ablation": {"variants": []}}, "must map labels to engine options"),
+    ],
+)
+def test_bad_grids_name_the_problem(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        load_grid(write_grid(tmp_path, **change))
+
+
+def test_bad_engine_option_names_the_variant(tmp_path):
+    grid = load_grid(write_grid(tmp_path, methods={"oops": {"method": "set", "zetta": 0.1}}))
+    with pytest.raises(ConfigError, match="sweep variant 'oops'.*zetta"):
+        plan_runs(grid)
+
+
+def test_missing_grid_file(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_same_label_two_configs_is_an_error(tmp_path):
+    grid = load_grid(write_grid(tmp_path, ablation={"sparsity": 0.95, "variants": {"chsnn": {"method": "chsnn", "zeta": 0.1}}}))
+    with pytest.raises(ConfigError, match="names two different configs"):
+        plan_runs(grid)
+
+
+def test_reuse_refuses_a_run_with_another_config(tmp_path):
+    run = plan_runs(load_grid(write_grid(tmp_path)))[0]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg, "lr": 0.5}))
+    with pytest.raises(ConfigError, match="differs in: lr"):
+        check_reusable(run)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg))
+    check_reusable(run)
+
+
+def _fake(tmp_path, label, sparsity, seed, acc, groups=("methods",)):
+    run = Run(label, sparsity, seed, {}, tmp_path / f"{label}_{sparsity}_{seed}", set(groups))
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "summary.json").write_text(json.dumps({"test_accuracy": acc, "sops_per_sample": 100.0, "sparsity": sparsity or 0.0}))
+    return run
+
+
+def test_tables_and_verdicts_from_runs(tmp_path):
+    runs = [
+        _fake(tmp_path, "dense", None, 0, 0.90),
+        _fake(tmp_path, "dense", None, 1, 0.92),
+        _fake(tmp_path, "set", 0.95, 0, 0.88),
+        _fake(tmp_path, "set", 0.95, 1, 0.86),
+        _fake(tmp_path, "chsnn", 0.95, 0, 0.905),
+        _fake(tmp_path, "chsnn", 0.95, 1, 0.905),
+    ]
+    rows = aggregate(runs)
+    chsnn = next(r for r in rows if r["label"] == "chsnn")
+    assert chsnn["test_accuracy"] == pytest.approx(0.905) and chsnn["test_accuracy_std"] == 0.0 and chsnn["seeds"] == [0, 1]
+    table = method_table(rows, ["dense", "set", "chsnn", "rigl"], [0.95])
+    assert "| dense | 0.9100 ± 0.0141 (dense) |" in table
+    assert "| set | 0.8700 ± 0.0141 |" in table
+    assert "| rigl | not run |" in table
+    text = " ".join(verdicts(rows, 0.95))
+    assert "within 0.5 points of dense" in text  # 0.910 - 0.905
+    assert "chsnn beats set" in text
+    # now make chsnn fall short of dense by more than half a point
+    worse = [r for r in runs if r.label != "chsnn"] + [_fake(tmp_path / "w", "chsnn", 0.95, 0, 0.85), _fake(tmp_path / "w", "chsnn", 0.95, 1, 0.85)]
+    text = " ".join(verdicts(aggregate(worse), 0.95))
+    assert "does **not** match dense" in text and "does **not** beat set" in text
+
+
+def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
+    grid = {**TINY, "seeds": [0], "sparsities": [0.9], "methods": {"dense": {"method": "dense"}, "set": {"method": "set"}}}
+    grid["ablation"] = {"sparsity": 0.9, "variants": {"set": {"method": "set"}, "static": {"method": "static"}}}
+    path = write_grid(tmp_path, **grid)
+    results = tmp_path / "RESULTS.md"
+    assert main(["sweep", str(path), "--results", str(results), "--quiet", "--workers", "2"]) == 0
+    out = tmp_path / "runs"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["dense_seed0", "set_s0.9_seed0", "static_s0.9_seed0"]
+    first = (out / "set_s0.9_seed0" / "summary.json").read_text()
+    text = results.read_text()
+    assert "<!-- sweep:grid -->" in text and f"`chsnn sweep {path}" in text
+    acc = json.loads(first)["test_accuracy"]
+    assert f"| set | {acc:.4f} ± 0.0000 |" in text
+    assert (tmp_path / "figures" / "grid_accuracy.svg").read_text().startswith("<svg")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["finished"] == saved["total"] == 3
+    # a second call trains nothing: the summaries are untouched
+    mtime = (out / "set_s0.9_seed0" / "summary.json").stat().st_mtime_ns
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    assert (out / "set_s0.9_seed0" / "summary.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("grid_path", sorted((Path(__file__).resolve().parent.parent / "models" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_grids_plan(grid_path):
+    grid = load_grid(grid_path)
+    runs = plan_runs(grid)
+    seeds, sparsities = len(grid["seeds"]), len(grid["sparsities"])
+    methods = [m for m in grid["methods"].values() if m.get("method") != "dense"]
+    extra = sum(1 for label in grid["ablation"]["variants"] if label not in grid["methods"])
+    assert len(runs) == seeds * (1 + len(methods) * sparsities + extra)
+    assert {r.cfg["seed"] for r in runs} == set(grid["seeds"])
