@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)
 
+    from chsnn.export import add_export_command
     from chsnn.report import add_report_command
     from chsnn.sweep import add_sweep_command
     from chsnn.train import add_commands
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     add_report_command(sub)
     add_sweep_command(sub)
+    add_export_command(sub)
     return parser
 
 
