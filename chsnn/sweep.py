@@ -410,7 +410,8 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
     )
 
 
-def write_results(grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None) -> dict:
+def write_results(grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = "") -> dict:
+    """Tables, verdicts and figures of the finished runs (``parallel``: how they were trained, for the machine line)."""
     from chsnn.bench import machine_description, write_section
 
     import torch
@@ -444,7 +445,8 @@ def write_results(grid: dict, runs: list[Run], command: str, results_file: Path 
         "",
         f"Command: `{command}`  ",
         f"Recipe: {describe_recipe(grid, runs)}.  ",
-        f"Machine: {machine_description(torch.device('cpu'))}; {done} of {total} runs finished, run directories under `{out}/`.",
+        f"Machine: {machine_description(torch.device('cpu')).split(';')[0].split(', ')[0]}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
         "",
         f"Final-epoch test accuracy, mean ± std over {n_seeds} seeds (each seed draws its own initialisation, data order and, where the data is split, split):",
         "",
@@ -508,10 +510,14 @@ def _sweep_command(args) -> int:
         print(f"{sum(r.finished for r in runs)} of {len(runs)} runs finished")
         return 0
     failures = [] if args.table_only else run_grid(runs, workers, args.threads, progress=not args.quiet)
-    command = "chsnn " + " ".join(shlex.quote(a) for a in args.argv)
+    # The command that reproduces the tables: how many processes trained them, or
+    # whether this call only re-tabulated, does not change a number.
+    shown = [args.grid] + [a for opt in ("out", "results", "figures") if getattr(args, opt) for a in (f"--{opt}", getattr(args, opt))]
+    command = "chsnn sweep " + " ".join(shlex.quote(a) for a in shown)
     results_file = Path(args.results) if args.results else None
     figures_dir = Path(args.figures) if args.figures else (results_file.parent / "figures" if results_file else None)
-    result = write_results(grid, runs, command, results_file, figures_dir)
+    parallel = "" if args.table_only else f"; trained {workers} at a time, {args.threads} torch thread(s) each (wall times vary with the load)"
+    result = write_results(grid, runs, command, results_file, figures_dir, parallel)
     print((Path(grid["out"]) / "results.md").read_text())
     for run, tail in failures:
         print(f"FAILED {run.run_dir} — last lines of {run.run_dir / 'train.log'}:\n{tail}", file=sys.stderr)

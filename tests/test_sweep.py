@@ -155,6 +155,7 @@ def test_shipped_grids_plan(grid_path):
     runs = plan_runs(grid)
     seeds, sparsities = len(grid["seeds"]), len(grid["sparsities"])
     methods = [m for m in grid["methods"].values() if m.get("method") != "dense"]
-    extra = sum(1 for label in grid["ablation"]["variants"] if label not in grid["methods"])
+    ablation = grid.get("ablation") or {"variants": {}}
+    extra = sum(1 for label in ablation["variants"] if label not in grid["methods"])
     assert len(runs) == seeds * (1 + len(methods) * sparsities + extra)
     assert {r.cfg["seed"] for r in runs} == set(grid["seeds"])
