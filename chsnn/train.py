@@ -11,10 +11,20 @@ directory:
     latest.pt        weights, masks, engine, optimizer and RNG state (atomic)
     best.pt          the same at the best test accuracy
     summary.json     the final figures
+
+Started by ``torchrun`` (``python -m torch.distributed.run --nproc_per_node N
+-m chsnn train ...``) the run is data-parallel over N processes: see
+:mod:`chsnn.distributed` for the design. ``batch_size`` and
+``eval_batch_size`` are then global (split over the ranks), so a run has the
+same steps, schedules and topology updates on any number of ranks; only rank 0
+writes the run directory. ``precision`` (fp32, bf16, fp16) runs the forward
+passes under ``torch.autocast``; the engine's statistics and link scores stay
+fp32/float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -26,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from chsnn import distributed
 from chsnn.sparse import ConfigError, SparseEngine
 
 ZOO_DIR = Path(os.environ.get("CHSNN_ZOO", Path(__file__).resolve().parent.parent / "models"))
@@ -41,8 +52,8 @@ DEFAULTS: dict = {
     "time_steps": 8,
     "epochs": 10,
     "max_steps": None,  # stop after this many optimizer steps (smoke runs)
-    "batch_size": 64,
-    "eval_batch_size": 256,
+    "batch_size": 64,  # the global batch: a multi-process run (torchrun) splits each batch over its ranks
+    "eval_batch_size": 256,  # global too
     "optimizer": "adam",
     "lr": 1e-3,
     "momentum": 0.9,
@@ -53,12 +64,15 @@ DEFAULTS: dict = {
     "seed": 0,
     "device": "auto",
     "num_workers": 0,
+    "precision": "fp32",  # forward passes under torch.autocast: fp32 (none), bf16, fp16 (CUDA only, with a GradScaler)
+    "dist_timeout": 300,  # seconds a multi-process run waits for another rank before failing (CHSNN_DIST_TIMEOUT overrides)
     "engine": {"method": "chsnn", "sparsity": 0.95},
     "results": {},  # figures this config reached (informational, written by the zoo runs)
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 ENCODERS = ("direct", "poisson", "latency")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # Configs -----------------------------------------------------------------------
@@ -169,6 +183,9 @@ def validate_config(cfg: dict) -> None:
     need("encoder", cfg["encoder"] in ENCODERS, f"valid encoders are {', '.join(ENCODERS)}")
     need("lr", isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0, "it must be a number > 0")
     need("seed", isinstance(cfg["seed"], int), "it must be a whole number")
+    need("precision", cfg["precision"] in PRECISIONS, f"valid precisions are {', '.join(PRECISIONS)} (fp16 needs a CUDA device)")
+    timeout = cfg["dist_timeout"]
+    need("dist_timeout", isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0, "it must be a number of seconds > 0")
     for key in ("model_options", "data_options", "engine", "results"):
         need(key, isinstance(cfg[key], dict), "it must be a mapping")
     from chsnn.sparse import EngineConfig
@@ -180,12 +197,18 @@ def validate_config(cfg: dict) -> None:
 # Data and model -------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto``: CUDA when present. With ``local_rank`` (a multi-process
+    run), CUDA without an index means ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local_rank} has no GPU: torch sees {torch.cuda.device_count()}; start at most that many processes per node")
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -197,7 +220,12 @@ class Runner:
         from chsnn.models import build_model
 
         self.cfg = cfg
-        self.device = pick_device(cfg["device"])
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.device = pick_device(cfg["device"], distributed.env_local_rank() if self.world > 1 else None)
+        self.precision = cfg.get("precision", "fp32")
+        self._check_precision()
+        if self.world > 1 and cfg["batch_size"] < self.world:
+            raise ConfigError(f"batch_size {cfg['batch_size']} is the global batch, split over {self.world} ranks: it must be at least {self.world}")
         torch.manual_seed(cfg["seed"])
         data_options = dict(cfg["data_options"])
         data_options.setdefault("seed", cfg["seed"])
@@ -205,6 +233,7 @@ class Runner:
         self.data = load_dataset(cfg["data"], **data_options)
         self._encode = encode
         self.model = build_model(cfg["model"], self.data.input_shape, self.data.n_classes, time_steps=cfg["time_steps"], **cfg["model_options"]).to(self.device)
+        distributed.broadcast_module(self.model)  # every rank starts from rank 0's model
         self.spiking = bool(getattr(self.model, "spiking", False))
         self.steps_per_epoch = math.ceil(len(self.data.train) / cfg["batch_size"])
         # Schedules span the configured epochs; max_steps only stops early.
@@ -215,14 +244,20 @@ class Runner:
             if cfg["lr_schedule"] == "cosine"
             else None
         )
-        self.encode_gen = torch.Generator(device="cpu").manual_seed(cfg["seed"] + 1)
+        # Each rank its own encoding noise (rank 0's is the single-process stream).
+        self.encode_gen = torch.Generator(device="cpu").manual_seed(cfg["seed"] + 1 + 1000003 * self.rank)
         # The model's own defaults (e.g. Spikformer: only its linear layers, chains
         # inside each MLP) sit under the config's engine options.
         engine_cfg = {**getattr(self.model, "default_engine_options", {}), **cfg["engine"]}
         engine_cfg.setdefault("seed", cfg["seed"])
         engine_cfg.setdefault("update_interval", max(1, self.steps_per_epoch // cfg["updates_per_epoch"]))
         engine_cfg.setdefault("total_steps", self.total_steps)
-        calibration = [self.prepare(x) for x, _ in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=cfg["calibration_batches"])]
+        # Each rank calibrates on its part of the first batches; the engine's
+        # sync hooks reduce the statistics over the ranks.
+        calibration = [
+            self.prepare(x) for x, y in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=cfg["calibration_batches"], shard=True) if y.numel()
+        ]
+        self.sync = distributed.DistributedSync() if self.world > 1 else None
         self.engine = SparseEngine(
             self.model,
             self.optimizer,
@@ -230,10 +265,33 @@ class Runner:
             calibration=calibration,
             forward_fn=lambda m, x: m(x),
             row_groups=getattr(self.model, "head_groups", None),
+            sync=self.sync,
         )
+        if self.rank > 0:  # dropout and other noise: each rank its own (rank 0 keeps the single-process stream)
+            torch.manual_seed(cfg["seed"] + 7919 * self.rank)
         # The engine's own schedule decides updates; the LR schedule steps per optimizer step.
         if self.scheduler is not None:
             self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.scheduler.step())
+
+    def _check_precision(self) -> None:
+        p, dev = self.precision, self.device
+        if p not in PRECISIONS:
+            raise ConfigError(f"config precision={p!r} is not allowed; valid precisions are {', '.join(PRECISIONS)}")
+        if p == "fp16" and dev.type != "cuda":
+            raise ConfigError(f"precision fp16 needs a CUDA device (it trains with a GradScaler, CUDA only); the device is {dev}: use precision bf16 or fp32")
+        if p == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"precision bf16: the GPU {torch.cuda.get_device_name(dev)} does not support bfloat16; use fp16 or fp32")
+
+    def autocast(self):
+        """The context the forward passes run in: torch.autocast for bf16 and
+        fp16 (the weights, gradients, optimizer and engine stay fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    def grad_scaler(self):
+        """A GradScaler for fp16, else None."""
+        return torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
     def _optimizer(self):
         cfg, params = self.cfg, self.model.parameters()
@@ -245,39 +303,55 @@ class Runner:
         cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
         return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **fused)
 
-    def _batches(self, dataset, batch_size, epoch: int, limit: int | None = None, skip: int = 0):
+    def _batches(self, dataset, batch_size, epoch: int, limit: int | None = None, skip: int = 0, shard: bool = False):
         """Batches in an order fixed by (seed, epoch): resuming mid-epoch
-        replays the same order and skips what was done."""
+        replays the same order and skips what was done. With ``shard``, this
+        rank's part of each (global) batch, possibly empty."""
         loader_gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000003 + epoch)
         order = torch.randperm(len(dataset), generator=loader_gen) if epoch >= 0 else torch.arange(len(dataset))
         n_batches = math.ceil(len(dataset) / batch_size)
         whole = dataset.tensors() if hasattr(dataset, "tensors") else None  # in-memory sets: slice at once
         for b in range(skip, n_batches if limit is None else min(limit, n_batches)):
             idx = order[b * batch_size : (b + 1) * batch_size]
+            if shard:
+                idx = distributed.shard(idx)
             if whole is not None:
                 yield whole[0][idx], whole[1][idx]
                 continue
-            items = [dataset[int(i)] for i in idx]
+            items = [dataset[int(i)] for i in (idx if idx.numel() else order[:1])]
             x = torch.stack([torch.as_tensor(it[0]) for it in items])
             y = torch.as_tensor([int(it[1]) for it in items])
-            yield x, y
+            yield (x, y) if idx.numel() else (x[:0], y[:0])
+
+    @staticmethod
+    def global_batch_size(n: int, batch_size: int, b: int) -> int:
+        """Samples in batch ``b`` of a data set of ``n``."""
+        return max(0, min(batch_size, n - b * batch_size))
+
+    def shard_samples(self, n: int, batch_size: int) -> int:
+        """Samples of a data set of ``n`` that this rank sees in one pass."""
+        if self.world == 1:
+            return n
+        return sum(distributed.shard_size(self.global_batch_size(n, batch_size, b)) for b in range(math.ceil(n / batch_size)))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Model input: (T, N, ...) for spiking models (event frames moved to
         time-major; static images through the encoder), (N, ...) otherwise."""
+        if self.spiking and not self.data.time_steps:  # encoded on the CPU (its generator's device), then moved once
+            T = self.cfg["time_steps"]
+            gen = self.encode_gen if self.cfg["encoder"] == "poisson" else None
+            return self._encode(x.to("cpu", torch.float32), T, method=self.cfg["encoder"], generator=gen).to(self.device)
         x = x.to(self.device, torch.float32)
         if not self.spiking:
             return x.flatten(1, 2) if self.data.time_steps else x
-        if self.data.time_steps:  # (N, T, ...) event frames
-            return x.transpose(0, 1)
-        T = self.cfg["time_steps"]
-        gen = self.encode_gen if self.cfg["encoder"] == "poisson" else None
-        return self._encode(x.cpu(), T, method=self.cfg["encoder"], generator=gen).to(self.device)
+        return x.transpose(0, 1)  # (N, T, ...) event frames
 
     @torch.no_grad()
     def evaluate(self, dataset=None) -> dict:
         """Test accuracy and loss, firing rates, and the synaptic operations
-        and energy per sample (CH-SPEC section 7), in one pass."""
+        and energy per sample (CH-SPEC section 7), in one pass. In a
+        multi-process run each rank scores its part of every batch and the
+        sums are reduced over the ranks (every rank gets the same result)."""
         from chsnn.energy import account_energy
 
         dataset = dataset or self.data.test
@@ -286,17 +360,28 @@ class Runner:
 
         def tally(batch, logits):
             y = batch[1].to(self.device)
-            score["loss"] += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            score["loss"] += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             score["correct"] += int((logits.argmax(1) == y).sum())
             score["total"] += y.numel()
 
-        batches = ((self.prepare(x), y) for x, y in self._batches(dataset, self.cfg["eval_batch_size"], epoch=-1))
+        batch_size = self.cfg["eval_batch_size"]
+        local = self.shard_samples(len(dataset), batch_size)
+        batches = ((self.prepare(x), y) for x, y in self._batches(dataset, batch_size, epoch=-1, shard=True) if y.numel())
+        totals = dict.fromkeys(("sops", "macs", "energy_pj", "dense_sops", "dense_macs", "dense_energy_pj"), 0.0)
         try:
-            energy = account_energy(self.model, batches, on_output=tally)
+            if local or self.world == 1:  # a rank may hold no test sample when the test set has fewer than the ranks
+                with self.autocast():
+                    totals = account_energy(self.model, batches, on_output=tally)["totals"]
         finally:
             probes.remove()
+        if self.world > 1:
+            reduced = distributed.all_reduce(
+                {"score": score, "totals": {k: v * score["total"] for k, v in totals.items()}, "spikes": probes.counts},
+                what="reducing the evaluation",
+            )
+            score, probes.counts = reduced["score"], reduced["spikes"]
+            totals = {k: v / max(score["total"], 1) for k, v in reduced["totals"].items()}
         n = max(score["total"], 1)
-        totals = energy["totals"]
         out = {
             "test_accuracy": score["correct"] / n,
             "test_loss": score["loss"] / n,
@@ -377,7 +462,16 @@ def default_run_dir(cfg: dict) -> Path:
     return Path("runs") / name
 
 
-def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, history: list) -> dict:
+def _rng_state(runner: Runner) -> dict:
+    return {"torch": torch.get_rng_state(), "encode": runner.encode_gen.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, history: list, rank_rngs: list | None = None) -> dict:
+    """The run's state (weights, masks, engine, optimizer, schedule, RNG);
+    ``rank_rngs``: every rank's RNG state, for a multi-process run."""
+    rng = _rng_state(runner)
+    if rank_rngs is not None:
+        rng["ranks"] = rank_rngs
     return {
         "config": runner.cfg,
         "epoch": epoch,  # epochs finished
@@ -388,7 +482,8 @@ def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, his
         "optimizer": runner.optimizer.state_dict(),
         "scheduler": runner.scheduler.state_dict() if runner.scheduler else None,
         "engine": runner.engine.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "encode": runner.encode_gen.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": rng,
+        "world_size": runner.world,
     }
 
 
@@ -398,29 +493,64 @@ def _restore(runner: Runner, ckpt: dict) -> None:
     if runner.scheduler and ckpt["scheduler"]:
         runner.scheduler.load_state_dict(ckpt["scheduler"])
     runner.engine.load_state_dict(ckpt["engine"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    runner.encode_gen.set_state(ckpt["rng"]["encode"])
-    if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    rng = ckpt["rng"]
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == runner.world:  # each rank its own streams
+        rng = ranks[runner.rank]
+    elif runner.rank > 0:  # another world size: rank 0's streams, told apart per rank
+        rng = dict(rng, torch=None, encode=None, cuda=None)
+        torch.manual_seed(runner.cfg["seed"] + 7919 * runner.rank + 104729 * runner.engine.step_count)
+        runner.encode_gen.manual_seed(runner.cfg["seed"] + 1 + 1000003 * runner.rank + 104729 * runner.engine.step_count)
+    if rng.get("torch") is not None:
+        torch.set_rng_state(rng["torch"])
+    if rng.get("encode") is not None:
+        runner.encode_gen.set_state(rng["encode"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = False, max_steps: int | None = None) -> dict:
     """Run (or resume) training; returns the summary. A resumed run keeps its
-    saved config, except ``max_steps`` (None: run to the last epoch)."""
-    from tqdm import tqdm
+    saved config, except ``max_steps`` (None: run to the last epoch).
 
+    Started by torchrun with several ranks (``WORLD_SIZE`` > 1), it joins the
+    process group first and trains data-parallel (:mod:`chsnn.distributed`);
+    only rank 0 writes and prints. A lost rank raises
+    :class:`chsnn.distributed.DistributedError`."""
     out_dir = Path(out_dir)
     latest = out_dir / "latest.pt"
     ckpt = None
+    # Every rank checks and reads the run directory (nobody writes before all
+    # ranks have joined), so they all fail, or all go on, alike.
     if resume:
         if not latest.is_file():
             raise ConfigError(f"--resume: no checkpoint {latest}; start the run without --resume (or give its --out)")
         ckpt = torch.load(latest, map_location="cpu", weights_only=False)
         cfg = dict(ckpt["config"], max_steps=max_steps)
+        for key, value in DEFAULTS.items():  # keys added since the run started get their defaults
+            cfg.setdefault(key, copy.deepcopy(value))
     elif (out_dir / "summary.json").exists() or latest.exists():
         raise ConfigError(f"run directory {out_dir} already holds a run; use --resume to continue it or --out for a new one")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", _yaml().safe_dump(cfg, sort_keys=False))
+    own_group = False
+    if distributed.launched() and not distributed.active():
+        device = pick_device(cfg["device"], distributed.env_local_rank())
+        distributed.init(device, distributed.timeout_seconds(cfg.get("dist_timeout")))
+        own_group = True
+    try:
+        return _train(cfg, out_dir, ckpt, quiet=quiet or not distributed.is_main())
+    finally:
+        if own_group:  # also after a lost rank: gloo's threads must not outlive the interpreter
+            distributed.teardown()
+
+
+def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
+    from tqdm import tqdm
+
+    main = distributed.is_main()
+    latest = out_dir / "latest.pt"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", _yaml().safe_dump(cfg, sort_keys=False))
 
     start = time.time()
     runner = Runner(cfg)
@@ -430,8 +560,11 @@ def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = F
         _restore(runner, ckpt)
         epoch0, skip, best, history = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["best_accuracy"], ckpt["history"]
         wall_before = history[-1]["wall_seconds"] if history else 0.0
-    writer = _tensorboard(out_dir / "tb")
+    writer = _tensorboard(out_dir / "tb") if main else None
     engine, model = runner.engine, runner.model
+    multi = runner.world > 1
+    scaler = runner.grad_scaler()
+    n_train, batch_size = len(runner.data.train), cfg["batch_size"]
     step = engine.step_count
     max_steps = cfg["max_steps"]
     stopped = max_steps is not None and step >= max_steps
@@ -444,25 +577,48 @@ def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = F
             loss_sum = correct = seen = 0
             bar = tqdm(total=runner.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=quiet, leave=False)
             done_in_epoch = skip
-            for x, y in runner._batches(runner.data.train, cfg["batch_size"], epoch, skip=skip):
-                inputs, y = runner.prepare(x), y.to(runner.device)
+            for b, (x, y) in enumerate(runner._batches(runner.data.train, batch_size, epoch, skip=skip, shard=multi), start=skip):
+                n_local = y.numel()
+                share = n_local / runner.global_batch_size(n_train, batch_size, b) if multi else 1.0
+                if runner.sync is not None:
+                    runner.sync.weight = share
                 runner.optimizer.zero_grad(set_to_none=True)
-                logits = model(inputs)
-                loss = nn.functional.cross_entropy(logits, y)
-                loss.backward()
-                runner.optimizer.step()  # the engine masks and updates after this
+                if n_local:  # a rank with no sample of a short last batch only joins the all-reduce
+                    inputs, y = runner.prepare(x), y.to(runner.device)
+                    with runner.autocast():
+                        logits = model(inputs)
+                        loss = nn.functional.cross_entropy(logits.float(), y)
+                    # Each rank's share of the global batch's mean loss; summing the gradients adds them up.
+                    scaled = loss * share if multi else loss
+                    if scaler is not None:
+                        scaled = scaler.scale(scaled)
+                        engine.loss_scale = scaler._get_scale_async()  # RigL unscales what it accumulates (a tensor: no host sync)
+                    scaled.backward()
+                if multi:
+                    distributed.all_reduce_grads(model.parameters())
+                if scaler is not None:
+                    scaler.step(runner.optimizer)  # skips the step (and the engine) on inf/nan gradients
+                    scaler.update()
+                else:
+                    runner.optimizer.step()  # the engine masks and updates after this
                 done_in_epoch += 1
                 step += 1
-                loss_sum += float(loss.detach()) * y.numel()
-                correct += int((logits.argmax(1) == y).sum())
-                seen += y.numel()
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", density=f"{1 - engine.sparsity():.4f}", refresh=False)
-                bar.update()
+                if n_local:
+                    loss_sum += float(loss.detach()) * n_local
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += n_local
+                if not quiet:
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}", density=f"{1 - engine.sparsity():.4f}", refresh=False)
+                    bar.update()
+                distributed.fault_point(step)
                 if max_steps is not None and step >= max_steps:
                     stopped = True
                     break
             bar.close()
             skip = 0
+            if multi:
+                distributed.average_buffers(model)
+                loss_sum, correct, seen = distributed.all_reduce([float(loss_sum), int(correct), int(seen)], what="reducing the training metrics")
             evaluation = runner.evaluate()
             updates = engine.records[n_updates_before:]
             row = {
@@ -485,15 +641,17 @@ def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = F
                 if key in evaluation:
                     row[key] = evaluation[key]
             history.append(row)
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            _log_tensorboard(writer, row)
             complete = not stopped or done_in_epoch == runner.steps_per_epoch
-            ck = _checkpoint(runner, epoch + 1 if complete else epoch, 0 if complete else done_in_epoch, max(best, row["test_accuracy"]), history)
-            atomic_save(ck, latest)
-            if row["test_accuracy"] > best:
-                best = row["test_accuracy"]
-                atomic_save(ck, out_dir / "best.pt")
+            rank_rngs = distributed.all_gather_object(_rng_state(runner), "gathering the RNG states") if multi else None
+            if main:
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                _log_tensorboard(writer, row)
+                ck = _checkpoint(runner, epoch + 1 if complete else epoch, 0 if complete else done_in_epoch, max(best, row["test_accuracy"]), history, rank_rngs)
+                atomic_save(ck, latest)
+                if row["test_accuracy"] > best:
+                    atomic_save(ck, out_dir / "best.pt")
+            best = max(best, row["test_accuracy"])
             if not quiet:
                 print(
                     f"epoch {epoch + 1}: loss {row['loss']:.4f}  train {row['train_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
@@ -501,20 +659,25 @@ def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = F
                     file=sys.stderr,
                 )
     except KeyboardInterrupt:
-        atomic_save(_checkpoint(runner, epoch, done_in_epoch, best, history), latest)
-        print(f"\ninterrupted: state saved to {latest}; continue with --resume --out {out_dir}", file=sys.stderr)
+        if main:  # no collective here: the other ranks may be anywhere
+            atomic_save(_checkpoint(runner, epoch, done_in_epoch, best, history), latest)
+            print(f"\ninterrupted: state saved to {latest}; continue with --resume --out {out_dir}", file=sys.stderr)
         raise
     finally:
         if writer is not None:
             writer.close()
     summary = make_summary(runner, history, wall_before + time.time() - start)
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if main:
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     if not quiet:
         print(summary_screen(summary, out_dir))
     return summary
 
 
 def make_summary(runner: Runner, history: list, wall: float) -> dict:
+    """The final figures. In a multi-process run every rank calls it (it
+    runs collectives); ``ranks_agree``: all ranks hold the same masks and
+    parameters (always true for one process)."""
     cfg, engine = runner.cfg, runner.engine
     last = history[-1] if history else runner.evaluate()
     layers = []
@@ -541,6 +704,9 @@ def make_summary(runner: Runner, history: list, wall: float) -> dict:
         "heads": attention_heads(engine),
         "wall_seconds": wall,
         "device": str(runner.device),
+        "precision": runner.precision,
+        "world_size": runner.world,
+        "ranks_agree": distributed.ranks_agree(engine, runner.model),
         "data_note": getattr(runner.data, "note", ""),
     }
     if runner.spiking:
@@ -572,6 +738,11 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         f"  sparsity       {summary['sparsity']:.4f} over the sparse layers; percolation {summary['percolation']:.3f}",
         f"  epochs {summary['epochs']}, steps {summary['steps']}, topology updates {summary['topology_updates']}, {summary['wall_seconds']:.1f} s on {summary['device']}",
     ]
+    if summary.get("world_size", 1) > 1:
+        agree = "masks and weights agree" if summary.get("ranks_agree") else "MASKS OR WEIGHTS DIFFER between ranks"
+        lines.append(f"  ranks          {summary['world_size']} processes, data-parallel; {agree}")
+    if summary.get("precision", "fp32") != "fp32":
+        lines.append(f"  precision      {summary['precision']} forward passes (autocast)")
     for name, g in (summary.get("heads") or {}).items():
         lines.append(f"  heads          {g['active']}/{g['total']} attention heads active in {name}")
     if summary.get("sops_per_sample") is not None:
@@ -681,6 +852,14 @@ def add_commands(sub) -> None:
 
 
 def _train_command(args) -> int:
+    try:
+        return _train_command_inner(args)
+    except distributed.DistributedError as exc:  # a lost rank: say so and exit, never hang
+        print(f"chsnn train: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _train_command_inner(args) -> int:
     if args.resume:
         out = Path(args.out) if args.out else None
         if out is None:

@@ -11,6 +11,15 @@ Masks are bool buffers ``weight_mask`` on the sparsified modules (so they
 follow ``model.to(device)`` and ``model.state_dict()``). Gradients are masked
 as they are accumulated; after every optimizer step the weights are masked
 again; at topology updates the optimizer state is zeroed where links change.
+
+Data-parallel training (several processes, each with a copy of the model and
+its own share of every batch) passes ``sync=``: an :class:`EngineSync` whose
+hooks the engine calls before each decision, to reduce the statistics the
+decision reads (calibration activity, RigL's dense gradients, Hebb's
+activations) over the processes, and after it, so every process holds the
+same masks, weights, optimizer state and RNG
+(:class:`chsnn.distributed.DistributedSync`). The default does nothing, and
+the engine never imports ``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,30 @@ _ZERO_PRESERVING = (
 )
 
 
+class EngineSync:
+    """Hooks that keep the engines of data-parallel processes identical; this
+    default, for a single process, does nothing. Every process calls each
+    hook at the same point of the same engine code, so a hook may run
+    collective operations."""
+
+    def reduce_activity(self, stats: dict, generator: torch.Generator) -> None:
+        """In place: this process's ``ActivityStats`` (calibration or
+        activity pass, one per layer name) -> those of all processes."""
+
+    def reduce_hebb(self, rule: HebbRule) -> None:
+        """In place: the last forward's mean activations (``rule.pre``,
+        ``rule.out``) -> their mean over all processes' samples."""
+
+    def reduce_gradients(self, accumulated: dict[str, torch.Tensor]) -> None:
+        """In place: RigL's accumulated dense gradients -> summed over the
+        processes (each process's loss is its share of the global mean)."""
+
+    def agree(self, engine: "SparseEngine", targets: list[SparseTarget]) -> None:
+        """After a decision (a layer's initial topology, a topology update):
+        make every process hold one process's masks, weights and optimizer
+        state of ``targets``, and its engine RNG and frozen layers."""
+
+
 def _default_forward(model: nn.Module, batch):
     return model(batch_input(batch))
 
@@ -81,6 +114,8 @@ class SparseEngine:
         row_groups: ``{layer name: [[output rows], ...]}``, groups that must
             each keep at least one link (attention heads' q/k/v blocks):
             regrowth refills a group left empty, unless chain removal emptied it.
+        sync: :class:`EngineSync` hooks for data-parallel training (default:
+            none, one process).
     """
 
     def __init__(
@@ -92,12 +127,18 @@ class SparseEngine:
         calibration=None,
         forward_fn: Callable | None = None,
         row_groups: dict[str, list[list[int]]] | None = None,
+        sync: EngineSync | None = None,
         **options,
     ):
         self.config = cfg = make_config(config, **options)
         self.model = model
         self.optimizer = optimizer
         self.forward_fn = forward_fn or _default_forward
+        self.sync = sync if sync is not None else EngineSync()
+        # Loss scale of mixed-precision training (GradScaler): RigL's dense
+        # gradients are accumulated unscaled, non-finite ones skipped. A float
+        # or a 0-dim tensor (no host sync); None when the loss is not scaled.
+        self.loss_scale = None
         targets, self.dense_output = find_targets(model, cfg.include, cfg.exclude, cfg.sparsify_output)
         if not targets:
             raise ConfigError(
@@ -242,12 +283,15 @@ class SparseEngine:
             stats = None
             if self.calibration and (correlated or cfg.weight_init == "sswi"):
                 keep = cfg.calibration_samples if correlated and t.kind == LINEAR else 0
-                stats = record_activity(self.model, self.calibration, [t], self.forward_fn, self.generator, keep, stop_after=t)[t.name]
+                stats = record_activity(self.model, self.calibration, [t], self.forward_fn, self.generator, keep, stop_after=t)
+                self.sync.reduce_activity(stats, self.generator)
+                stats = stats[t.name]
             mask = self._initial_mask(t, density, stats)
             with torch.no_grad():
                 self._set_mask(t, mask)
                 self._init_weights(t, stats)
                 self._zero_optimizer_state(t, ~getattr(t.module, MASK))
+                self.sync.agree(self, [t])
 
     def _initial_mask(self, t: SparseTarget, density: float, stats) -> torch.Tensor:
         if t.kind == KERNEL:  # CHT-Conv: random per-kernel masks
@@ -294,7 +338,10 @@ class SparseEngine:
                 return
             acc = self._rigl_acc.get(t.name)
             if acc is not None:  # RigL: the dense gradient, before masking
-                acc.add_(param.grad)
+                if self.loss_scale is None:
+                    acc.add_(param.grad)
+                else:
+                    acc.add_(torch.nan_to_num(param.grad, nan=0.0, posinf=0.0, neginf=0.0) / self.loss_scale)
             param.grad.mul_(self._float_mask(t))
 
         return hook
@@ -321,6 +368,7 @@ class SparseEngine:
         if not self.sparse:
             return
         if self.hebb is not None:
+            self.sync.reduce_hebb(self.hebb)
             self.hebb.apply(self.step_count)
         if self.remask_weights:
             self.apply_masks()
@@ -375,6 +423,8 @@ class SparseEngine:
         step = self.step_count
         zeta, density = cfg.zeta_at(step), cfg.density_at(step)
         active = [t for t in self.targets if t.name not in self.frozen]
+        if self._rigl_acc:
+            self.sync.reduce_gradients(self._rigl_acc)
         activity = self._activity() if cfg.removal == "lrs" else None
         plans = {}
         for t in active:
@@ -405,6 +455,7 @@ class SparseEngine:
             if cfg.early_stop and at_target and rec["removed"] and rec["overlap"] > cfg.early_stop_overlap:
                 self.frozen.add(rec["name"])
                 rec["frozen"] = True
+        self.sync.agree(self, active)
         record = {
             "step": step,
             "update": self.n_updates,
@@ -421,6 +472,7 @@ class SparseEngine:
         """Presynaptic (and, through chains, postsynaptic) activity of each
         layer on the calibration batches: a neuron is inactive at exactly 0."""
         stats = record_activity(self.model, self.calibration, self.targets, self.forward_fn, self.generator)
+        self.sync.reduce_activity(stats, self.generator)
         pre = {name: s.mean_abs.to(self.device) for name, s in stats.items()}
         return {t.name: {"pre": pre[t.name], "post": pre[self.successor[t.name].name] if t.name in self.successor else None} for t in self.targets}
 
