@@ -178,8 +178,11 @@ def check_reusable(run: Run) -> None:
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.is_file():
         return
+    from chsnn.train import DEFAULTS
+
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    want, have = _comparable(run.cfg), _comparable(saved)
+    # A key added to the config since that run was trained counts as its default.
+    want, have = _comparable(run.cfg), _comparable({**DEFAULTS, **saved})
     have.pop("max_steps", None), want.pop("max_steps", None)
     if want != have:
         keys = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))

@@ -93,6 +93,9 @@ def test_reuse_refuses_a_run_with_another_config(tmp_path):
         check_reusable(run)
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg))
     check_reusable(run)
+    # a run saved before a config key existed (here: precision) has its default
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in run.cfg.items() if k != "precision"}))
+    check_reusable(run)
 
 
 def _fake(tmp_path, label, sparsity, seed, acc, groups=("methods",)):
