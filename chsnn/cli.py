@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # SpikingJelly probes for Triton on import; on a CPU machine torch logs that as a warning.
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+    from chsnn.linkpred import LinkPredictionMemoryError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command line quoted in reports
@@ -76,6 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError, DataError, MissingDataError, bad model options
+    except (ValueError, FileNotFoundError, LinkPredictionMemoryError) as exc:  # ConfigError, DataError, MissingDataError, bad model options
         print(f"chsnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -24,12 +24,13 @@ histogram only while it is small, and sorting beyond).
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["MODELS", "METHODS", "ch_scores", "ch_scores_batched", "count_l3_paths"]
+__all__ = ["MODELS", "METHODS", "ch_scores", "ch_scores_batched", "count_l3_paths", "LinkPredictionMemoryError"]
 
 MODELS = ("RA", "CH2", "CH3", "CH3.1")
 METHODS = ("exact", "node")
@@ -39,6 +40,26 @@ METHODS = ("exact", "node")
 _DENSE_COUNT_BINS = 1 << 24
 # Index arrays are 32-bit below this size.
 _INT32_LIMIT = 2**31
+
+# Peak memory model of _scores: bytes per wedge entry (P entries plus Q
+# entries) plus bytes per cell of the dense result. Calibrated on CPU with
+# ru_maxrss deltas of fresh processes (64-bit indices, which every layer of
+# more than a few million wedges gets): exact 60-85 B/wedge (128x450 and
+# 256x900 at density 0.5: 85 and 75; 1000x1000 at 0.1: 63; 2000x500 at 0.2:
+# 73; 4200x4200 at 0.01, sort-based counting: 61 including the dense result),
+# node 46-66 B/wedge (the node method builds the same wedge tables). Rounded
+# up for a conservative estimate; cuSPARSE's work buffers on CUDA are not
+# measured and the safety fraction below must cover them.
+_BYTES_PER_WEDGE = {"exact": 96, "node": 72}
+_BYTES_PER_CELL = 24
+# Fraction of the available memory the estimate may use.
+_MEMORY_FRACTION = 0.7
+# Overrides the budget, in GiB (shared machines, tests).
+MEMORY_ENV = "CHSNN_LINKPRED_MEMORY_GB"
+
+
+class LinkPredictionMemoryError(MemoryError):
+    """The wedge tables of CH link prediction would not fit in memory."""
 
 
 def _node_terms(model: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -210,10 +231,73 @@ def _factor_csr(h, crow, col, deg, common, n_cols, dtype, square: bool = False):
     return kept_before.index_select(0, crow), col.index_select(0, idx), term if square else term.sqrt_(), n_cols
 
 
+def _wedge_counts(masks: torch.Tensor) -> tuple[int, int]:
+    """Entries of the wedge tables P and Q of a (B, n_y, n_x) stack: the sums
+    of squared input degrees and of squared output degrees."""
+    deg_in = masks.sum(1, dtype=torch.int64)
+    deg_out = masks.sum(2, dtype=torch.int64)
+    return int((deg_in * deg_in).sum()), int((deg_out * deg_out).sum())
+
+
+def estimate_memory(masks: torch.Tensor, method: str = "exact") -> tuple[int, int]:
+    """(wedge entries, conservative peak bytes) of scoring a (B, n_y, n_x)
+    bool stack with ``method``; costs only the degree sums."""
+    n_p, n_q = _wedge_counts(masks)
+    wedges = n_p + n_q
+    return wedges, wedges * _BYTES_PER_WEDGE[method] + masks.numel() * _BYTES_PER_CELL
+
+
+def _memory_budget(device: torch.device) -> int | None:
+    """Bytes the link prediction may use: $CHSNN_LINKPRED_MEMORY_GB GiB if set,
+    else a fraction of the available host (CPU) or device (CUDA) memory;
+    None when unknown (no check)."""
+    env = os.environ.get(MEMORY_ENV, "").strip()
+    if env:
+        try:
+            return int(float(env) * 2**30)
+        except ValueError:
+            raise ValueError(f"{MEMORY_ENV} must be a number of GiB, got {env!r}") from None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # reusable cache
+        return int(free * _MEMORY_FRACTION)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(int(line.split()[1]) * 1024 * _MEMORY_FRACTION)
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def _check_memory(masks: torch.Tensor, method: str) -> None:
+    wedges, need = estimate_memory(masks, method)
+    budget = _memory_budget(masks.device)
+    if budget is None or need <= budget:
+        return
+    B, n_y, n_x = masks.shape
+    density = int(masks.sum()) / max(1, masks.numel())
+    shape = f"{n_y}x{n_x}" if B == 1 else f"{B} graphs of {n_y}x{n_x}"
+    fixes = []
+    if method == "exact":
+        node_need = estimate_memory(masks, "node")[1]
+        fixes.append(f'method="node" (engine option `linkpred: node`; an approximation, estimated {node_need / 2**30:.1f} GiB)')
+    fixes.append("a lower density (e.g. a lower `initial_density` of a sigmoid density schedule: wedges grow with density squared)")
+    fixes.append(f"{MEMORY_ENV}=<GiB> to raise the budget")
+    raise LinkPredictionMemoryError(
+        f"CH link prediction (method={method!r}) on a {shape} layer at density {density:.3g} "
+        f"needs {wedges:,} wedge entries, about {need / 2**30:.1f} GiB, "
+        f"over the budget of {budget / 2**30:.1f} GiB on {masks.device.type}. Fixes: " + "; ".join(fixes)
+    )
+
+
 def _scores(masks: torch.Tensor, model: str, method: str, dtype) -> torch.Tensor:
     links = masks.nonzero(as_tuple=True)
     if links[0].numel() == 0:
         return torch.zeros(masks.shape, dtype=dtype, device=masks.device)
+    _check_memory(masks, method)  # before any wedge-sized allocation
     w = _Wedges(masks, links)
     h = _node_terms(model)
     B, n_y, n_x = masks.shape

@@ -181,3 +181,45 @@ def test_cuda_equals_cpu(method):
     on_gpu = ch_scores(mask.cuda(), "CH3", method)
     assert on_gpu.device.type == "cuda"
     assert_close(on_gpu.cpu(), ch_scores(mask, "CH3", method))
+
+
+def _memory_mask():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(12, 20, generator=g) < 0.4
+
+
+def test_memory_budget_exceeded_raises_clear_error(monkeypatch):
+    monkeypatch.setenv(linkpred.MEMORY_ENV, "0.0001")
+    with pytest.raises(linkpred.LinkPredictionMemoryError) as info:
+        ch_scores(_memory_mask(), "CH3", "exact")
+    msg = str(info.value)
+    assert isinstance(info.value, MemoryError)
+    assert 'method="node"' in msg and "linkpred: node" in msg
+    assert "GiB" in msg and "wedge entries" in msg and "12x20" in msg
+    assert "initial_density" in msg and linkpred.MEMORY_ENV in msg
+    with pytest.raises(MemoryError):
+        ch_scores_batched(_memory_mask().expand(3, 12, 20), "CH3", "node")
+
+
+def test_memory_budget_unset_or_large_scores_unchanged(monkeypatch):
+    mask = _memory_mask()
+    monkeypatch.delenv(linkpred.MEMORY_ENV, raising=False)
+    unset = ch_scores(mask, "CH3", "exact")
+    monkeypatch.setenv(linkpred.MEMORY_ENV, "1000")
+    large = ch_scores(mask, "CH3", "exact")
+    assert torch.equal(unset, large)
+    expected = reference_scores(mask.numpy(), "CH3")
+    np.testing.assert_allclose(large.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_memory_estimate_monotonic_in_density():
+    g = torch.Generator().manual_seed(4)
+    u = torch.rand(1, 30, 50, generator=g)
+    estimates = [linkpred.estimate_memory(u < d) for d in (0.05, 0.1, 0.2, 0.4, 0.8)]
+    wedges = [w for w, _ in estimates]
+    peaks = [b for _, b in estimates]
+    assert wedges == sorted(wedges) and peaks == sorted(peaks) and wedges[0] < wedges[-1]
+    n_p, n_q = linkpred._wedge_counts(u < 0.3)
+    w = linkpred._Wedges((u < 0.3), (u < 0.3).nonzero(as_tuple=True))
+    assert (n_p, n_q) == (w.p_col.numel(), w.q_col.numel())  # the estimate counts the real tables
+    assert linkpred.estimate_memory(u < 0.3, "node")[1] < linkpred.estimate_memory(u < 0.3, "exact")[1]
