@@ -325,9 +325,12 @@ def ablation_table(rows: list[dict], labels: list[str]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", rivals=("set", "rigl")) -> list[str]:
-    """Plain sentences: does ``method`` match dense within 0.5 points, and beat each rival?"""
+def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", rivals=None) -> list[str]:
+    """Plain sentences: does ``method`` match dense within 0.5 points, and beat
+    each rival (default: every other sparse variant of the table, in order)?"""
     by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
+    if rivals is None:
+        rivals = [lab for (lab, s) in by if s == sparsity and lab != method]
     dense = next((r for (lab, s), r in by.items() if s is None), None)
     ours = by.get((method, sparsity))
     out = []
