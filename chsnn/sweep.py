@@ -405,6 +405,11 @@ def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | No
     return _svg(fig)
 
 
+def standalone_svg(inline: str) -> str:
+    """The report's inline SVG (namespaces left to the HTML parser) as an .svg file."""
+    return inline.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" ', 1)
+
+
 def describe_recipe(grid: dict, runs: list[Run]) -> str:
     cfg = runs[0].cfg
     engine = {k: v for k, v in cfg["engine"].items() if k not in ("method", "sparsity")}
@@ -436,6 +441,7 @@ def write_results(grid: dict, runs: list[Run], command: str, results_file: Path 
     for key, svg in figures.items():
         if svg is None:
             continue
+        svg = standalone_svg(svg)
         fig_paths[key] = out / f"{key}.svg"
         fig_paths[key].write_text(svg)
         if figures_dir is not None:

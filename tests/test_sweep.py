@@ -143,7 +143,10 @@ def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
     assert "<!-- sweep:grid -->" in text and f"`chsnn sweep {path}" in text
     acc = json.loads(first)["test_accuracy"]
     assert f"| set | {acc:.4f} ± 0.0000 |" in text
-    assert (tmp_path / "figures" / "grid_accuracy.svg").read_text().startswith("<svg")
+    svg = (tmp_path / "figures" / "grid_accuracy.svg").read_text()
+    import xml.etree.ElementTree as ET
+
+    assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg"  # a standalone, namespaced SVG file
     saved = json.loads((out / "results.json").read_text())
     assert saved["finished"] == saved["total"] == 3
     # a second call trains nothing: the summaries are untouched
