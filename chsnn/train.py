@@ -252,10 +252,12 @@ class Runner:
         engine_cfg.setdefault("seed", cfg["seed"])
         engine_cfg.setdefault("update_interval", max(1, self.steps_per_epoch // cfg["updates_per_epoch"]))
         engine_cfg.setdefault("total_steps", self.total_steps)
+        # One number of calibration batches: engine.calibration_batches, if set, wins.
+        n_calibration = engine_cfg.setdefault("calibration_batches", cfg["calibration_batches"])
         # Each rank calibrates on its part of the first batches; the engine's
         # sync hooks reduce the statistics over the ranks.
         calibration = [
-            self.prepare(x) for x, y in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=cfg["calibration_batches"], shard=True) if y.numel()
+            self.prepare(x) for x, y in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=n_calibration, shard=True) if y.numel()
         ]
         self.sync = distributed.DistributedSync() if self.world > 1 else None
         self.engine = SparseEngine(

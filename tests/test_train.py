@@ -141,3 +141,13 @@ def test_vgg16_kernel_masks_stay_equal_per_kernel(method, tmp_path, capsys):
     convs = [layer for layer in summary["layers"] if "kernel_active_min" in layer]
     assert len(convs) == 13
     assert all(layer["kernel_active_min"] == layer["kernel_active_max"] == 4 for layer in convs)  # round(0.5 * 9)
+
+
+@pytest.mark.parametrize("top, engine, expected", [(1, None, 1), (3, None, 3), (1, 2, 2)])
+def test_one_number_of_calibration_batches(top, engine, expected):
+    overrides = {"data": "digits", "calibration_batches": top, "model_options": {"hidden": [16]}, "batch_size": 32}
+    if engine is not None:
+        overrides["engine"] = {"calibration_batches": engine}
+    runner = training.Runner(training.resolve_config(None, overrides))
+    assert runner.engine.config.calibration_batches == expected
+    assert len(runner.engine.calibration) == expected
