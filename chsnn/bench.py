@@ -22,21 +22,24 @@ import torch
 from chsnn.linkpred import ch_scores, count_l3_paths
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description(device: torch.device) -> str:
     """One line naming the hardware and software a figure was measured on."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         hw = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
     else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        hw = f"{cpu}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
+        hw = f"{cpu_name()}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
     return f"{hw}; Python {platform.python_version()}, torch {torch.__version__}"
 
 

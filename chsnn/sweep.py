@@ -127,16 +127,16 @@ def _comparable(cfg: dict) -> dict:
 def plan_runs(grid: dict) -> list[Run]:
     """All runs of the grid, each once (a variant shared by the method table
     and the ablation, e.g. ``chsnn`` at 0.95, is one run)."""
-    from chsnn.train import resolve_config, validate_config
+    from chsnn.train import merge, resolve_config, validate_config
 
     out = Path(grid["out"])
-    base = _merge(resolve_config(grid["config"], {}, []), copy.deepcopy(grid["set"]))
+    base = merge(resolve_config(grid["config"], {}, []), grid["set"])
     runs: dict[str, Run] = {}
 
     def add(group, label, options, sparsity):
         dense = options.get("method", base["engine"].get("method")) == "dense"
         for seed in grid["seeds"]:
-            cfg = _merge(resolve_config(grid["config"], {"seed": seed}, []), copy.deepcopy(grid["set"]))
+            cfg = copy.deepcopy(base)
             cfg["seed"] = seed
             cfg["engine"] = {**cfg["engine"], **copy.deepcopy(options)}
             if not dense:
@@ -163,12 +163,6 @@ def plan_runs(grid: dict) -> list[Run]:
         for label, options in ablation["variants"].items():
             add("ablation", label, options, s)
     return list(runs.values())
-
-
-def _merge(cfg: dict, overrides: dict) -> dict:
-    from chsnn.train import merge
-
-    return merge(cfg, overrides)
 
 
 def check_reusable(run: Run) -> None:
@@ -423,7 +417,7 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
 
 def write_results(grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = "") -> dict:
     """Tables, verdicts and figures of the finished runs (``parallel``: how they were trained, for the machine line)."""
-    from chsnn.bench import machine_description, write_section
+    from chsnn.bench import cpu_name, write_section
 
     import torch
 
@@ -457,7 +451,7 @@ def write_results(grid: dict, runs: list[Run], command: str, results_file: Path 
         "",
         f"Command: `{command}`  ",
         f"Recipe: {describe_recipe(grid, runs)}.  ",
-        f"Machine: {machine_description(torch.device('cpu')).split(';')[0].split(', ')[0]}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
         "",
         f"Final-epoch test accuracy, mean ± std over {n_seeds} seeds (each seed draws its own initialisation, data order and, where the data is split, split):",
