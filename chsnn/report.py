@@ -221,6 +221,8 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Fixed SVG ids: the same figure renders to the same bytes (no churn in committed figures).
+    plt.rcParams["svg.hashsalt"] = "chsnn"
     return plt
 
 

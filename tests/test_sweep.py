@@ -165,3 +165,11 @@ def test_shipped_grids_plan(grid_path):
     extra = sum(1 for label in ablation["variants"] if label not in grid["methods"])
     assert len(runs) == seeds * (1 + len(methods) * sparsities + extra)
     assert {r.cfg["seed"] for r in runs} == set(grid["seeds"])
+
+
+def test_figures_render_to_the_same_bytes(tmp_path):
+    from chsnn.sweep import accuracy_figure
+
+    rows = aggregate([_fake(tmp_path, "dense", None, 0, 0.9), _fake(tmp_path, "set", 0.95, 0, 0.8)])
+    first = accuracy_figure(rows, ["dense", "set"], [0.95], "t")
+    assert first is not None and first == accuracy_figure(rows, ["dense", "set"], [0.95], "t")
