@@ -32,7 +32,7 @@ Design
   masks, and the statistics a decision reads are reduced over the ranks first
   (:class:`DistributedSync`, the engine's ``sync`` hooks): calibration and
   activity statistics for SSCTI/CSTI, SSWI and LRS (sums and sample counts
-  summed, the kept correlation samples gathered), RigL's accumulated dense
+  summed, with the correlation's running sums), RigL's accumulated dense
   gradients (summed), Hebb-SET's batch-mean activations (weighted by each
   rank's share of the batch). After each decision (every layer's initial
   topology and weights, every topology update) rank 0's outcome is broadcast:
@@ -425,22 +425,25 @@ class DistributedSync(EngineSync):
             return
         parts = []
         for s in stats.values():
-            dev = s.abs_sum.device if s.abs_sum is not None else (s.samples[0].device if s.samples else generator.device)
+            dev = s.abs_sum.device if s.abs_sum is not None else generator.device
             zero = torch.zeros(s.n_in, dtype=torch.float64, device=dev)
-            parts.append({"abs": s.abs_sum if s.abs_sum is not None else zero, "sq": s.sq_sum if s.sq_sum is not None else zero, "n": float(s.n)})
+            part = {"abs": s.abs_sum if s.abs_sum is not None else zero, "sq": s.sq_sum if s.sq_sum is not None else zero, "n": float(s.n)}
+            if s.correlate:  # the correlation's running sums add up over the ranks
+                part["sum"] = s.sum if s.sum is not None else zero
+                part["cross"] = s.cross if s.cross is not None else torch.zeros(s.n_in, s.n_in, dtype=torch.float64, device=dev)
+                part["n_samples"] = float(s.n_samples)
+            parts.append(part)
         total = all_reduce(parts, what="reducing the calibration statistics")
         for s, t in zip(stats.values(), total):
             s.abs_sum, s.sq_sum, s.n = t["abs"].to(torch.float64), t["sq"].to(torch.float64), int(t["n"])
-        for s in stats.values():
-            if not s.keep_samples:
-                continue
-            dev = s.abs_sum.device
-            local = torch.cat(s.samples) if s.samples else torch.zeros(0, s.n_in, dtype=torch.float64, device=dev)
-            rows = all_gather_rows(local, "gathering the calibration samples")
-            if rows.shape[0] > s.keep_samples:  # the same subsample on every rank
-                pick = torch.randperm(rows.shape[0], generator=generator, device=generator.device)[: s.keep_samples]
-                rows = rows[pick.to(rows.device)]
-            s.samples, s.kept = [rows], rows.shape[0]
+            if s.correlate:
+                s.sum, s.cross, s.n_samples = t["sum"].to(torch.float64), t["cross"].to(torch.float64), int(t["n_samples"])
+
+    def reduce_counts(self, counts: list[int]) -> list[int]:
+        if not active():
+            return counts
+        total = all_reduce([float(c) for c in counts], what="counting the calibration samples")
+        return [int(round(c)) for c in total]
 
     def reduce_hebb(self, rule) -> None:
         if not active():

@@ -145,7 +145,7 @@ def _account(run_dir: Path, ckpt: dict, pj_per_ac: float, pj_per_mac: float) -> 
 # Summaries of the saved history ---------------------------------------------------------
 
 
-def topology_summary(records: list[dict], frozen=()) -> dict:
+def topology_summary(records: list[dict], frozen=(), summary_layers=None) -> dict:
     """Per-layer summary of the engine's topology updates."""
     out = {"n_updates": len(records), "frozen": sorted(frozen), "layers": {}}
     if not records:
@@ -173,6 +173,8 @@ def topology_summary(records: list[dict], frozen=()) -> dict:
         d["mean_overlap"] = float(np.mean(ov)) if ov else None
         d["last_overlap"] = ov[-1] if ov else None
         d["reached_overlap_stop"] = any(o >= OVERLAP_STOP for o in ov)
+        # turnover: the fraction of the initial links replaced by the end (summary.json)
+        d["turnover"] = next((lay.get("turnover") for lay in summary_layers or () if lay.get("name") == name), None)
         out["layers"][name] = d
     return out
 
@@ -521,7 +523,7 @@ def render_report(run_dir, pj_per_ac: float | None = None, pj_per_mac: float | N
         "ratios": ratios,
         "parameters": params,
         "firing_rates": firing_rates,
-        "topology": topology_summary(records, engine_state.get("frozen") or ()),
+        "topology": topology_summary(records, engine_state.get("frozen") or (), summary.get("layers")),
         "degree_fits": fits,
         "figures": [{"id": fid, "caption": cap, "shown": fid in figs, "note": notes.get(fid)} for fid, cap in FIGURES],
     }
@@ -577,7 +579,11 @@ def _report_md(report: dict) -> str:
     topo = report["topology"]
     lines += ["", f"## Topology updates: {topo['n_updates']}", ""]
     for name, d in topo["layers"].items():
-        lines.append(f"- {name}: removed {d['removed']}, regrown {d['regrown']}, mean overlap {_fmt(d['mean_overlap'])}, last {_fmt(d['last_overlap'])}")
+        frozen = "never froze" if d["frozen_at_step"] is None else f"froze at step {d['frozen_at_step']}"
+        lines.append(
+            f"- {name}: removed {d['removed']}, regrown {d['regrown']}, mean overlap {_fmt(d['mean_overlap'])}, last {_fmt(d['last_overlap'])}, "
+            f"turnover {_fmt(d.get('turnover'))}, {frozen}"
+        )
     lines += ["", "## Figures (in index.html)", ""]
     for i, f in enumerate(report["figures"], 1):
         lines.append(f"{i}. `{f['id']}`: {f['caption']}" + (f" *Not shown: {f['note']}.*" if not f["shown"] else ""))
@@ -655,10 +661,13 @@ def _report_html(report: dict, figs: dict, notes: dict) -> str:
     topo = report["topology"]
     if topo["layers"]:
         trows = [
-            [name, str(d["removed"]), str(d["regrown"]), str(d["chain_removed"]), _fmt(d["mean_overlap"], ".3f"), _fmt(d["last_overlap"], ".3f"), "yes" if d["reached_overlap_stop"] else "no", _fmt(d["ms"], ".1f")]
+            [
+                name, str(d["removed"]), str(d["regrown"]), str(d["chain_removed"]), _fmt(d["mean_overlap"], ".3f"), _fmt(d["last_overlap"], ".3f"),
+                _fmt(d.get("turnover"), ".3f"), "no" if d["frozen_at_step"] is None else str(d["frozen_at_step"]), _fmt(d["ms"], ".1f"),
+            ]
             for name, d in topo["layers"].items()
         ]
-        parts += [f"<h2>Topology updates ({topo['n_updates']})</h2>", _table(["layer", "removed", "regrown", "chain removed", "mean overlap", "last overlap", f"overlap ≥ {OVERLAP_STOP}", "ms"], trows)]
+        parts += [f"<h2>Topology updates ({topo['n_updates']})</h2>", _table(["layer", "removed", "regrown", "chain removed", "mean overlap", "last overlap", "turnover", "froze at step", "ms"], trows)]
     parts.append("</main>")
     return _page(f"chsnn report: {_title(report)}", "\n".join(parts))
 

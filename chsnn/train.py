@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from chsnn import distributed
-from chsnn.sparse import ConfigError, SparseEngine
+from chsnn.sparse import ConfigError, EngineConfig, SparseEngine
 
 ZOO_DIR = Path(os.environ.get("CHSNN_ZOO", Path(__file__).resolve().parent.parent / "models"))
 DEFAULT_CONFIG = "snn-mlp_ndigits"
@@ -60,7 +60,12 @@ DEFAULTS: dict = {
     "weight_decay": 0.0,
     "lr_schedule": "cosine",
     "updates_per_epoch": 1,  # topology updates per epoch, unless engine.update_interval is set
-    "calibration_batches": 1,
+    # ...but at least this many optimizer steps apart, so new links have time
+    # to learn (unless fewer than 4 updates would fit before the topology's end)
+    "min_update_steps": 100,
+    # Calibration batches handed to the engine; unset: the training set's
+    # first engine.calibration_samples samples (4096 by default).
+    "calibration_batches": None,
     "seed": 0,
     "device": "auto",
     "num_workers": 0,
@@ -70,7 +75,9 @@ DEFAULTS: dict = {
     "results": {},  # figures this config reached (informational, written by the zoo runs)
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+# lr_schedule: linear, the CHT reference's: down to 1% of lr over the first 90% of training.
+LINEAR_LR_FLOOR, LINEAR_LR_SPAN = 0.01, 0.9
 ENCODERS = ("direct", "poisson", "latency")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -174,8 +181,10 @@ def validate_config(cfg: dict) -> None:
     def positive_int(key):
         need(key, isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] > 0, "it must be a whole number > 0")
 
-    for key in ("epochs", "batch_size", "eval_batch_size", "time_steps", "updates_per_epoch", "calibration_batches"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "time_steps", "updates_per_epoch", "min_update_steps"):
         positive_int(key)
+    if cfg["calibration_batches"] is not None:
+        positive_int("calibration_batches")
     if cfg["max_steps"] is not None:
         positive_int("max_steps")
     need("optimizer", cfg["optimizer"] in OPTIMIZERS, f"valid optimizers are {', '.join(OPTIMIZERS)}")
@@ -188,8 +197,6 @@ def validate_config(cfg: dict) -> None:
     need("dist_timeout", isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0, "it must be a number of seconds > 0")
     for key in ("model_options", "data_options", "engine", "results"):
         need(key, isinstance(cfg[key], dict), "it must be a mapping")
-    from chsnn.sparse import EngineConfig
-
     # Raises on unknown engine options or bad values (total_steps is filled in per run).
     EngineConfig.from_dict({"total_steps": 1, **cfg["engine"]})
 
@@ -239,25 +246,26 @@ class Runner:
         # Schedules span the configured epochs; max_steps only stops early.
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
         self.optimizer = self._optimizer()
-        self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps))
-            if cfg["lr_schedule"] == "cosine"
-            else None
-        )
+        self.scheduler = self._lr_scheduler()
         # Each rank its own encoding noise (rank 0's is the single-process stream).
         self.encode_gen = torch.Generator(device="cpu").manual_seed(cfg["seed"] + 1 + 1000003 * self.rank)
         # The model's own defaults (e.g. Spikformer: only its linear layers, chains
         # inside each MLP) sit under the config's engine options.
         engine_cfg = {**getattr(self.model, "default_engine_options", {}), **cfg["engine"]}
         engine_cfg.setdefault("seed", cfg["seed"])
-        engine_cfg.setdefault("update_interval", max(1, self.steps_per_epoch // cfg["updates_per_epoch"]))
         engine_cfg.setdefault("total_steps", self.total_steps)
-        # One number of calibration batches: engine.calibration_batches, if set, wins.
-        n_calibration = engine_cfg.setdefault("calibration_batches", cfg["calibration_batches"])
+        engine_cfg.setdefault("update_interval", self.default_update_interval(engine_cfg))
+        # One number of calibration batches: engine.calibration_batches, if set, wins;
+        # unset, the first calibration_samples samples of the training set.
+        n_calibration = engine_cfg.get("calibration_batches") or cfg["calibration_batches"]
+        if n_calibration is None:
+            bound = engine_cfg.get("calibration_samples", EngineConfig.calibration_samples)
+            n_calibration = max(1, math.ceil(min(len(self.data.train), bound) / cfg["batch_size"]))
+        engine_cfg["calibration_batches"] = n_calibration
         # Each rank calibrates on its part of the first batches; the engine's
         # sync hooks reduce the statistics over the ranks.
         calibration = [
-            self.prepare(x) for x, y in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=n_calibration, shard=True) if y.numel()
+            self.prepare(x) for x, y in self._batches(self.data.train, cfg["batch_size"], epoch=-1, limit=n_calibration, shard=True, shuffle=True) if y.numel()
         ]
         self.sync = distributed.DistributedSync() if self.world > 1 else None
         self.engine = SparseEngine(
@@ -274,6 +282,25 @@ class Runner:
         # The engine's own schedule decides updates; the LR schedule steps per optimizer step.
         if self.scheduler is not None:
             self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.scheduler.step())
+
+    def _lr_scheduler(self):
+        schedule, total = self.cfg["lr_schedule"], max(1, self.total_steps)
+        if schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        if schedule == "linear":
+            span = max(1, round(LINEAR_LR_SPAN * total))
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0 - (1.0 - LINEAR_LR_FLOOR) * min(step, span) / span)
+        return None
+
+    def default_update_interval(self, engine_cfg: dict) -> int:
+        """Steps between topology updates: ``updates_per_epoch`` a epoch, but
+        at least ``min_update_steps`` apart so a new link can learn before it
+        is judged; never so far apart that fewer than 4 updates fit before
+        the topology stops changing."""
+        cfg = self.cfg
+        per_epoch = max(1, self.steps_per_epoch // cfg["updates_per_epoch"])
+        end = engine_cfg.get("end_step") or round(engine_cfg.get("end_fraction", EngineConfig.end_fraction) * self.total_steps)
+        return max(1, min(max(per_epoch, cfg["min_update_steps"]), max(per_epoch, end // 4)))
 
     def _check_precision(self) -> None:
         p, dev = self.precision, self.device
@@ -305,12 +332,13 @@ class Runner:
         cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
         return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **fused)
 
-    def _batches(self, dataset, batch_size, epoch: int, limit: int | None = None, skip: int = 0, shard: bool = False):
+    def _batches(self, dataset, batch_size, epoch: int, limit: int | None = None, skip: int = 0, shard: bool = False, shuffle: bool = False):
         """Batches in an order fixed by (seed, epoch): resuming mid-epoch
         replays the same order and skips what was done. With ``shard``, this
         rank's part of each (global) batch, possibly empty."""
         loader_gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000003 + epoch)
-        order = torch.randperm(len(dataset), generator=loader_gen) if epoch >= 0 else torch.arange(len(dataset))
+        # epoch -1: evaluation (in order) or calibration (shuffled: data sets stored by class)
+        order = torch.randperm(len(dataset), generator=loader_gen) if epoch >= 0 or shuffle else torch.arange(len(dataset))
         n_batches = math.ceil(len(dataset) / batch_size)
         whole = dataset.tensors() if hasattr(dataset, "tensors") else None  # in-memory sets: slice at once
         for b in range(skip, n_batches if limit is None else min(limit, n_batches)):
@@ -683,11 +711,14 @@ def make_summary(runner: Runner, history: list, wall: float) -> dict:
     cfg, engine = runner.cfg, runner.engine
     last = history[-1] if history else runner.evaluate()
     layers = []
+    topology = engine.topology_summary()
     for s in engine.stats():
         row = {k: s[k] for k in ("name", "shape", "density", "active_in", "active_out")}
         for k in ("kernel_active_min", "kernel_active_max"):
             if k in s:
                 row[k] = s[k]
+        # how far the topology evolved: turnover, the step it froze, the overlaps
+        row.update(topology.get(s["name"], {}))
         layers.append(row)
     summary = {
         "method": engine.config.method,
@@ -753,10 +784,12 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         dense = summary.get("dense_energy_pj_per_sample")
         ratio = f" ({summary['energy_pj_per_sample'] / dense:.3f} of the same model dense)" if dense else ""
         lines.append(f"  energy         {summary['energy_pj_per_sample'] / 1e6:.4g} uJ per sample at 45 nm{ratio}")
-    lines.append("  layer                          shape            density   active in/out")
+    lines.append("  layer                          shape            density   active in/out   turnover  froze at")
     for layer in summary["layers"]:
         shape = "x".join(map(str, layer["shape"]))
-        lines.append(f"  {layer['name']:<30} {shape:<16} {layer['density']:.4f}    {layer['active_in']}/{layer['active_out']}")
+        frozen = layer.get("frozen_at_step")
+        evolved = f"   {layer.get('turnover', 0.0):>8.3f}  {'-' if frozen is None else f'step {frozen}'}"
+        lines.append(f"  {layer['name']:<30} {shape:<16} {layer['density']:.4f}    {str(layer['active_in']) + '/' + str(layer['active_out']):<15}{evolved}")
     if summary.get("dense_output"):
         lines.append(f"  {summary['dense_output']:<30} (output layer, dense)")
     lines.append(f"  run directory: {out_dir}")

@@ -51,11 +51,15 @@ def to_device(x, device):
     return x
 
 
-def presynaptic_features(target: SparseTarget, x: torch.Tensor) -> torch.Tensor:
+def presynaptic_features(target: SparseTarget, x: torch.Tensor, time_major: bool = False) -> torch.Tensor:
     """(samples, n_in) presynaptic activity of a layer's input ``x``; every
-    leading index (batch, time step, pixel position) is a sample."""
+    leading index (batch, time step, pixel position) is a sample. With
+    ``time_major`` the first dimension is time and is summed over first, so a
+    sample is a batch element (and position): its spike count over the steps."""
     x = x.detach()
     m = target.module
+    if time_major:
+        x = x.float().sum(0)
     if target.kind == KERNEL:  # im2col patches
         x = x.reshape(-1, *x.shape[-3:])
         cols = F.unfold(x.float(), m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
@@ -67,36 +71,56 @@ def presynaptic_features(target: SparseTarget, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, target.n_in).float()
 
 
+def _input_dims(target: SparseTarget) -> int:
+    """Dimensions of one single-step batch input of the layer (with batch)."""
+    m = target.module
+    if isinstance(m, nn.Conv2d):
+        return 4
+    if isinstance(m, nn.Conv1d):
+        return 3
+    return 2
+
+
 class _Stop(Exception):
     """Raised by a hook to end a calibration forward early."""
 
 
 class ActivityStats:
-    """Per input neuron: mean |a|, mean a^2 and (optionally) a sample matrix."""
+    """Presynaptic activity of one layer, streamed over calibration batches.
 
-    def __init__(self, n_in: int, keep_samples: int = 0):
-        self.n = 0
+    Two views of the same activity:
+    * per step (every leading index a row): mean |a| and mean a^2, which
+      SSWI (the membrane input's variance per step) and the inactive-neuron
+      rule read;
+    * per sample (spike counts summed over the time steps of one sample):
+      running sums for the Pearson correlation of SSCTI/CSTI, kept only when
+      ``correlate`` (an n_in x n_in float64 accumulator).
+    """
+
+    def __init__(self, n_in: int, correlate: bool = False):
+        self.n_in = n_in
+        self.correlate = correlate
+        self.n = 0  # rows seen per step
         self.abs_sum = None
         self.sq_sum = None
-        self.keep_samples = keep_samples
-        self.samples: list[torch.Tensor] = []
-        self.kept = 0
-        self.n_in = n_in
+        self.n_samples = 0  # samples seen by the correlation
+        self.sum = None
+        self.cross = None
 
-    def add(self, feats: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        feats = feats.to(torch.float64)
+    def add(self, step_rows: torch.Tensor, sample_rows: torch.Tensor | None = None) -> None:
+        """One forward's activity: per-step rows, and (when correlating) per-sample rows."""
+        feats = step_rows.to(torch.float64)
         abs_sum = feats.abs().sum(0)
         sq_sum = (feats * feats).sum(0)
         self.abs_sum = abs_sum if self.abs_sum is None else self.abs_sum + abs_sum
         self.sq_sum = sq_sum if self.sq_sum is None else self.sq_sum + sq_sum
         self.n += feats.shape[0]
-        room = self.keep_samples - self.kept
-        if room > 0:
-            if feats.shape[0] > room:  # subsample rows, reproducibly
-                rows = torch.randperm(feats.shape[0], generator=generator, device=generator.device)[:room]
-                feats = feats[rows.to(feats.device)]
-            self.samples.append(feats)
-            self.kept += feats.shape[0]
+        if self.correlate:
+            rows = (step_rows if sample_rows is None else sample_rows).to(torch.float64)
+            total, cross = rows.sum(0), rows.T @ rows
+            self.sum = total if self.sum is None else self.sum + total
+            self.cross = cross if self.cross is None else self.cross + cross
+            self.n_samples += rows.shape[0]
 
     @property
     def mean_abs(self) -> torch.Tensor:
@@ -106,19 +130,79 @@ class ActivityStats:
     def second_moment(self) -> torch.Tensor:
         return self.sq_sum / max(self.n, 1)
 
+    def variance(self) -> torch.Tensor:
+        """Per-sample variance of each input (0 for constant inputs)."""
+        n = max(self.n_samples, 1)
+        mean = self.sum / n
+        return (self.cross.diagonal() / n - mean * mean).clamp_min(0)
+
+    def varying(self) -> torch.Tensor:
+        """Inputs whose per-sample activity varies over the calibration data.
+        Relative threshold: float64 rounding of a constant input's variance."""
+        var = self.variance()
+        scale = (self.cross.diagonal() / max(self.n_samples, 1)).clamp_min(1e-300)
+        return var > 1e-12 * scale
+
     def correlation(self) -> torch.Tensor:
-        """Pearson correlation between input neurons; zero-variance neurons
-        get 0, the diagonal is 0."""
-        x = torch.cat(self.samples)
-        x = x - x.mean(0)
-        std = x.pow(2).sum(0).sqrt()
-        ok = std > 0
-        x = x / torch.where(ok, std, torch.ones_like(std))
-        corr = x.T @ x
+        """Pearson correlation between input neurons over the samples;
+        zero-variance neurons get 0, the diagonal is 0."""
+        if self.cross is None or self.n_samples < 2:
+            return torch.zeros(self.n_in, self.n_in, dtype=torch.float64, device=self.abs_sum.device)
+        n = self.n_samples
+        mean = self.sum / n
+        cov = self.cross / n - torch.outer(mean, mean)
+        ok = self.varying()
+        std = torch.where(ok, self.variance().sqrt(), torch.ones_like(mean))
+        corr = (cov / std.unsqueeze(0) / std.unsqueeze(1)).clamp_(-1.0, 1.0)
         corr[~ok] = 0
         corr[:, ~ok] = 0
         corr.fill_diagonal_(0)
         return corr
+
+
+def _batchnorm_train_mode(model: nn.Module) -> list:
+    """Put BatchNorm layers in training mode (batch statistics, as in
+    training) with their running statistics saved, so the calibration pass
+    sees the activity training has without changing the model."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            buffers = {k: v.detach().clone() for k, v in m.named_buffers(recurse=False) if v is not None}
+            saved.append((m, m.training, buffers))
+            m.train()
+    return saved
+
+
+def _restore_batchnorm(saved: list) -> None:
+    with torch.no_grad():
+        for m, training, buffers in saved:
+            for k, v in buffers.items():
+                getattr(m, k).copy_(v)
+            m.train(training)
+
+
+class calibration_mode:
+    """Context for calibration forwards: no gradients, dropout off, and
+    BatchNorm on batch statistics (its running statistics restored after),
+    because eval-mode BatchNorm with untouched running statistics silences
+    every neuron after it. Restores the model's modes on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        self.saved = _batchnorm_train_mode(self.model)
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        _restore_batchnorm(self.saved)
+        self.model.train(self.was_training)
+        return False
 
 
 def record_activity(
@@ -126,40 +210,70 @@ def record_activity(
     batches: list,
     targets: list[SparseTarget],
     forward_fn: Callable,
-    generator: torch.Generator,
-    keep_samples: int = 0,
+    generator: torch.Generator | None = None,
+    correlate: bool = False,
     stop_after: SparseTarget | None = None,
+    spiking: bool = False,
 ) -> dict[str, ActivityStats]:
     """Run the calibration batches and gather each target's input activity.
-    With ``stop_after``, every forward ends once that layer's input is seen."""
-    stats = {t.name: ActivityStats(t.n_in, keep_samples) for t in targets}
+
+    ``spiking``: the model takes time-major input ``(T, N, ...)``; a layer
+    input with one more dimension than a single-step batch and ``T`` first
+    is time-major, and a layer called several times in one forward (a model
+    stepping through time in Python) has its calls summed, so that each
+    correlation sample is one input sample's activity over all its steps.
+    With ``stop_after``, every forward ends once that layer's input is seen.
+    """
+    stats = {t.name: ActivityStats(t.n_in, correlate) for t in targets}
     handles = []
+    pending: dict[str, list] = {}
+    time_steps = None
 
     def hook_for(t: SparseTarget):
         def hook(module, args):
-            stats[t.name].add(presynaptic_features(t, args[0]), generator)
-            if stop_after is t:
+            x = args[0]
+            time_major = bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
+            steps = presynaptic_features(t, x)
+            per_sample = presynaptic_features(t, x, time_major=True) if time_major and correlate else None
+            pending.setdefault(t.name, []).append((steps, per_sample))
+            # A model stepping through time calls the layer again at the next
+            # step: only a single call that carries every step can end the pass.
+            if stop_after is t and (time_major or not time_steps):
                 raise _Stop
 
         return hook
 
+    def flush() -> None:
+        for name, calls in pending.items():
+            steps = torch.cat([c[0] for c in calls])
+            if not correlate:
+                stats[name].add(steps)
+                continue
+            samples = [c[1] if c[1] is not None else c[0] for c in calls]
+            if len(samples) > 1 and all(s.shape == samples[0].shape for s in samples):
+                sample_rows = torch.stack(samples).sum(0)  # one call per time step: sum them
+            else:
+                sample_rows = torch.cat(samples)
+            stats[name].add(steps, sample_rows)
+        pending.clear()
+
     for t in targets:
         handles.append(t.module.register_forward_pre_hook(hook_for(t)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with calibration_mode(model):
             for batch in batches:
+                x = batch_input(batch)
+                time_steps = x.shape[0] if spiking and isinstance(x, torch.Tensor) and x.dim() > 1 else None
                 try:
                     forward_fn(model, batch)
                 except _Stop:
                     pass
                 finally:
                     reset_states(model)
+                flush()
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return stats
 
 
@@ -168,14 +282,11 @@ def trace_order(model: nn.Module, batch, targets: list[SparseTarget], forward_fn
     pass never reaches keep their registration order, at the end."""
     seen: list[SparseTarget] = []
     handles = [t.module.register_forward_pre_hook(lambda m, a, t=t: seen.append(t) if t not in seen else None) for t in targets]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with calibration_mode(model):
             forward_fn(model, batch)
     finally:
         reset_states(model)
         for h in handles:
             h.remove()
-        model.train(was_training)
     return seen + [t for t in targets if t not in seen]

@@ -16,7 +16,7 @@ from chsnn.linkpred import METHODS as LINKPRED_METHODS
 
 from chsnn.sparse import strategies
 
-ZETA_SCHEDULES = ("constant", "cosine")
+ZETA_SCHEDULES = ("auto", "constant", "cosine")
 DENSITY_SCHEDULES = ("constant", "sigmoid")
 
 # Stage options of each method; the user's explicit options win.
@@ -26,9 +26,16 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "set": dict(init="random", weight_init="keep", removal="magnitude", regrowth="random", regrow_removed=False),
     "rigl": dict(init="random", weight_init="keep", removal="magnitude", regrowth="gradient", regrow_removed=False),
     "mest": dict(init="random", weight_init="keep", removal="mest", regrowth="random", regrow_removed=False),
-    "cht": dict(init="csti", weight_init="swi", removal="magnitude", regrowth="CH3", regrow_removed=True),
+    # The CHT reference command: magnitude removal followed by chain removal.
+    "cht": dict(init="csti", weight_init="swi", removal="magnitude", regrowth="CH3", chain_removal=True, regrow_removed=True),
     "chts": dict(init="csti", weight_init="swi", removal="soft", regrowth="CH3", soft_regrowth=True, regrow_removed=True),
-    "chsnn": dict(init="sscti", weight_init="sswi", removal="lrs", regrowth="CH3", chain_removal=True, regrow_removed=True),
+    # CH-SNN departs from the reference on one point: the links removed in an
+    # update are not regrowth candidates in that update. CH3-L3 is a link
+    # predictor, so it ranks a link it just lost near the top (it re-predicted
+    # 100% of them on a graph grown by CH3, against 1.3% on a random graph:
+    # scripts/overlap_probe.py), which turns every update into a no-op and
+    # freezes the topology; excluding them makes regrowth explore.
+    "chsnn": dict(init="sscti", weight_init="sswi", removal="lrs", regrowth="CH3", chain_removal=True, regrow_removed=False),
 }
 METHOD_NAMES = tuple(METHOD_PRESETS)
 
@@ -43,12 +50,17 @@ class EngineConfig:
 
     method: str = "chsnn"
     sparsity: float = 0.9
-    # Topology updates happen every `update_interval` optimizer steps, up to `end_step`.
+    # Topology updates happen every `update_interval` optimizer steps, up to
+    # `end_step` (default: `end_fraction` of total_steps, 75% as in the CHT
+    # reference; no end when total_steps is unknown).
     update_interval: int = 100
     end_step: int | None = None
+    end_fraction: float = 0.75
     total_steps: int | None = None  # needed by the cosine / sigmoid / soft schedules
     zeta: float = 0.3
-    zeta_schedule: str = "constant"
+    # auto: cosine-annealed to 0 at end_step when that is known (the reference's
+    # --adaptive_zeta), else constant.
+    zeta_schedule: str = "auto"
     density_schedule: str = "constant"
     initial_density: float | None = None  # start of the sigmoid density schedule
     early_stop: bool = True
@@ -74,8 +86,12 @@ class EngineConfig:
     mest_grad_coeff: float = 0.01
     rigl_accumulation: int = 1
     init_gain: float = 2.0
-    calibration_batches: int = 1
+    # Calibration data (SSCTI/CSTI correlations, SSWI rates): every batch
+    # given, up to calibration_samples samples (or exactly calibration_batches).
+    calibration_batches: int | None = None
     calibration_samples: int = 4096
+    # The activity pass of LRS removal at each update reads this many of them.
+    activity_samples: int = 1024
     hebb: dict | None = None  # Hebb-SET: {"lr": 1e-3, "decay": 0.999, "window": 20}
     # Mask the weights after every step too (None: only for optimizers not known to keep zeros).
     remask_weights: bool | None = None
@@ -106,6 +122,10 @@ class EngineConfig:
         if cfg.method == "dense":
             cfg.sparsity = 0.0
         cfg._validate()
+        if cfg.end_step is None and cfg.total_steps:
+            cfg.end_step = max(1, round(cfg.end_fraction * cfg.total_steps))
+        if cfg.zeta_schedule == "auto":
+            cfg.zeta_schedule = "cosine" if cfg.end_step else "constant"
         return cfg
 
     def _validate(self) -> None:
@@ -135,14 +155,20 @@ class EngineConfig:
             bad("lrs_alpha", "it must be in [0, 1] (weight of magnitude against relative importance)")
         if self.rigl_accumulation < 1:
             bad("rigl_accumulation", "it must be >= 1 (steps of dense gradient summed before an update)")
-        if self.calibration_batches < 1 or self.calibration_samples < 2:
-            bad("calibration_batches", "use >= 1 batch and calibration_samples >= 2")
+        if self.calibration_batches is not None and self.calibration_batches < 1:
+            bad("calibration_batches", "use >= 1 batch, or leave it unset to use calibration_samples")
+        if self.calibration_samples < 2:
+            bad("calibration_samples", "use >= 2 samples")
+        if self.activity_samples < 1:
+            bad("activity_samples", "use >= 1 sample")
+        if not 0.0 < self.end_fraction <= 1.0:
+            bad("end_fraction", "it must be in (0, 1]: the fraction of training after which the topology stops changing")
         if self.init_gain <= 0:
             bad("init_gain", "it must be > 0")
         if len(self.soft_temperature) != 2 or min(self.soft_temperature) <= 0:
             bad("soft_temperature", "give [start, end], both > 0")
         needs_total = []
-        if self.zeta_schedule == "cosine":
+        if self.zeta_schedule == "cosine" and self.end_step is None:
             needs_total.append("zeta_schedule=cosine")
         if self.density_schedule == "sigmoid":
             needs_total.append("density_schedule=sigmoid")
@@ -161,8 +187,9 @@ class EngineConfig:
     # Schedules -------------------------------------------------------------
 
     def zeta_at(self, step: int) -> float:
-        if self.zeta_schedule == "cosine":
-            return self.zeta * 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        if self.zeta_schedule == "cosine":  # to 0 at end_step (or at total_steps)
+            end = self.end_step or self.total_steps
+            return self.zeta * 0.5 * (1.0 + math.cos(math.pi * min(step, end) / end))
         return self.zeta
 
     def density_at(self, step: int) -> float:
@@ -174,7 +201,8 @@ class EngineConfig:
         def s(t):
             return 1.0 / (1.0 + math.exp(-10.0 * (t - 0.5)))
 
-        progress = (s(min(step, self.total_steps) / self.total_steps) - s(0)) / (s(1) - s(0))
+        end = self.end_step or self.total_steps  # the target is reached when the topology stops changing
+        progress = (s(min(step, end) / end) - s(0)) / (s(1) - s(0))
         return self.initial_density + (target - self.initial_density) * progress
 
     def temperature_at(self, step: int) -> float:

@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+import warnings
+
 from chsnn.sparse.calibration import batch_input, record_activity, to_device, trace_order
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.hebb import HebbRule
@@ -67,6 +69,11 @@ class EngineSync:
     def reduce_activity(self, stats: dict, generator: torch.Generator) -> None:
         """In place: this process's ``ActivityStats`` (calibration or
         activity pass, one per layer name) -> those of all processes."""
+
+    def reduce_counts(self, counts: list[int]) -> list[int]:
+        """This process's sample count of each calibration batch -> the
+        counts of the global batches (summed over the processes)."""
+        return counts
 
     def reduce_hebb(self, rule: HebbRule) -> None:
         """In place: the last forward's mean activations (``rule.pre``,
@@ -159,6 +166,11 @@ class SparseEngine:
         self.last_changes: dict[str, dict] = {}
         self._rigl_acc: dict[str, torch.Tensor] = {}
         self._handles: list = []
+        # Spiking models take time-major input: calibration sums each sample's steps.
+        self.spiking = bool(getattr(model, "spiking", False))
+        # Turnover bookkeeping: each layer's initial mask and the step it froze.
+        self.initial_masks: dict[str, torch.Tensor] = {}
+        self.frozen_at: dict[str, int] = {}
         self.calibration = self._cache_calibration(calibration)
         missing = self._calibration_uses()
         if missing and self.calibration is None:
@@ -187,14 +199,37 @@ class SparseEngine:
     def _cache_calibration(self, loader):
         if loader is None:
             return None
-        batches = []
+        cfg = self.config
+        batches, samples = [], 0
         for batch in loader:
             batches.append(to_device(batch, self.device))
-            if len(batches) >= self.config.calibration_batches:
+            samples += self._batch_samples(batches[-1])
+            if len(batches) >= (cfg.calibration_batches or float("inf")):
+                break
+            if cfg.calibration_batches is None and samples >= cfg.calibration_samples:
                 break
         if not batches:
             raise ConfigError("the calibration loader yielded no batch; give it at least one batch of inputs")
+        # Global sample counts per batch, so every process picks the same batches.
+        self._calibration_counts = self.sync.reduce_counts([self._batch_samples(b) for b in batches])
         return batches
+
+    def _batch_samples(self, batch) -> int:
+        """Samples in a calibration batch (time-major for spiking models)."""
+        x = batch_input(batch)
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return 1
+        return x.shape[1] if self.spiking and x.dim() > 1 else x.shape[0]
+
+    def _activity_batches(self) -> list:
+        """The first calibration batches, up to ``activity_samples`` samples."""
+        out, samples = [], 0
+        for batch, n in zip(self.calibration, self._calibration_counts):
+            out.append(batch)
+            samples += n
+            if samples >= self.config.activity_samples:
+                break
+        return out
 
     def _calibration_uses(self) -> list[str]:
         cfg = self.config
@@ -278,31 +313,65 @@ class SparseEngine:
         input already reflects the sparse layers before it."""
         cfg = self.config
         density = cfg.density_at(0)
-        correlated = cfg.init in ("sscti", "csti")
+        correlated = cfg.init in strategies.CORRELATED_INITS
+        self.input_stats = None  # the first sparse layer's, for csti_tiled
         for t in self.targets:
             stats = None
             if self.calibration and (correlated or cfg.weight_init == "sswi"):
-                keep = cfg.calibration_samples if correlated and t.kind == LINEAR else 0
-                stats = record_activity(self.model, self.calibration, [t], self.forward_fn, self.generator, keep, stop_after=t)
+                correlate = correlated and t.kind == LINEAR
+                stats = record_activity(
+                    self.model, self.calibration, [t], self.forward_fn, self.generator, correlate=correlate, stop_after=t, spiking=self.spiking
+                )
                 self.sync.reduce_activity(stats, self.generator)
                 stats = stats[t.name]
+                self._warn_if_silent(t, stats)
+                if self.input_stats is None and correlate:
+                    self.input_stats = stats
             mask = self._initial_mask(t, density, stats)
             with torch.no_grad():
                 self._set_mask(t, mask)
                 self._init_weights(t, stats)
                 self._zero_optimizer_state(t, ~getattr(t.module, MASK))
                 self.sync.agree(self, [t])
+            self.initial_masks[t.name] = getattr(t.module, MASK).detach().clone()
+
+    def _warn_if_silent(self, t: SparseTarget, stats) -> None:
+        """Calibration that sees no activity cannot inform the layer: say so."""
+        n_silent = int((stats.mean_abs == 0).sum())
+        if n_silent == t.n_in:
+            warnings.warn(
+                f"{t.describe()}: none of its {t.n_in} inputs was active on the {self._calibration_size()} calibration samples, so "
+                f"init={self.config.init} falls back to a random topology and weight_init={self.config.weight_init} to the in-degree "
+                "(firing rate 1); check the input data and the neurons' thresholds, or give more calibration data",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _calibration_size(self) -> int:
+        return sum(self._calibration_counts)
 
     def _initial_mask(self, t: SparseTarget, density: float, stats) -> torch.Tensor:
         if t.kind == KERNEL:  # CHT-Conv: random per-kernel masks
             rows = torch.ones(t.numel // t.kernel_size, t.kernel_size, dtype=torch.bool, device=self.device)
             return select_top_per_row(None, rows, self._per_kernel(t, density), self.generator)
-        init = self.config.init if stats is not None else "random"
+        init = self.config.init if stats is not None and bool((stats.mean_abs > 0).any()) else "random"
+        if init == "csti_tiled":
+            stats = self.input_stats
         return strategies.TOPOLOGY_INITS[init](t.n_out, t.n_in, self.target_links(t, density), stats, self.config, self.generator)
 
     def _init_weights(self, t: SparseTarget, stats) -> None:
         mask2d = t.as_2d(getattr(t.module, MASK))
         std = strategies.WEIGHT_INITS[self.config.weight_init](self.config, t.n_in, mask2d, stats)
+        if self.config.weight_init == "sswi" and stats is not None and bool((stats.mean_abs > 0).any()):
+            effective = mask2d.to(torch.float64) @ stats.second_moment.to(mask2d.device)
+            fell_back = int(((effective <= 1e-12) & mask2d.any(1)).sum())
+            if fell_back:
+                warnings.warn(
+                    f"{t.describe()}: {fell_back} of its {t.n_out} output neurons have only silent inputs on the calibration data; "
+                    "SSWI scales their weights by their in-degree (firing rate 1)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         if std is None:
             t.weight.mul_(getattr(t.module, MASK))
             return
@@ -454,6 +523,7 @@ class SparseEngine:
             at_target = abs(density - (1.0 - cfg.sparsity)) < 1e-12
             if cfg.early_stop and at_target and rec["removed"] and rec["overlap"] > cfg.early_stop_overlap:
                 self.frozen.add(rec["name"])
+                self.frozen_at[rec["name"]] = step
                 rec["frozen"] = True
         self.sync.agree(self, active)
         record = {
@@ -471,7 +541,7 @@ class SparseEngine:
     def _activity(self) -> dict[str, dict]:
         """Presynaptic (and, through chains, postsynaptic) activity of each
         layer on the calibration batches: a neuron is inactive at exactly 0."""
-        stats = record_activity(self.model, self.calibration, self.targets, self.forward_fn, self.generator)
+        stats = record_activity(self.model, self._activity_batches(), self.targets, self.forward_fn, self.generator, spiking=self.spiking)
         self.sync.reduce_activity(stats, self.generator)
         pre = {name: s.mean_abs.to(self.device) for name, s in stats.items()}
         return {t.name: {"pre": pre[t.name], "post": pre[self.successor[t.name].name] if t.name in self.successor else None} for t in self.targets}
@@ -583,10 +653,12 @@ class SparseEngine:
         return regrown
 
     def _commit(self, t: SparseTarget, removed: torch.Tensor, regrown: torch.Tensor, new: torch.Tensor) -> None:
-        """New mask; weights and optimizer state zero at removed and regrown
-        links (new links start at weight 0)."""
+        """New mask; weights and optimizer state zero at links removed for
+        good and at genuinely new links (they start at weight 0). A link
+        removed and regrown in the same update keeps its weight and its
+        optimizer state, as in the CHT reference."""
         w = t.weight
-        changed = (removed | regrown).reshape(-1).nonzero().squeeze(1)
+        changed = (removed ^ regrown).reshape(-1).nonzero().squeeze(1)
         w.view(-1)[changed] = 0
         self._set_mask(t, new)
         self._zero_optimizer_state(t, changed)
@@ -656,6 +728,27 @@ class SparseEngine:
         links = sum(s["links"] for s in self.stats())
         return 1.0 - links / sum(t.numel for t in self.targets)
 
+    def topology_summary(self) -> dict[str, dict]:
+        """Per sparse layer, how far its topology evolved: ``turnover`` (the
+        fraction of its initial links no longer present), the step it froze
+        (early stop; None if it never did), its updates and the
+        removed/regrown overlap of each."""
+        out = {}
+        for t in self.targets:
+            overlaps = [rec["overlap"] for r in self.records for rec in r["layers"] if rec["name"] == t.name and rec["removed"]]
+            initial = self.initial_masks.get(t.name)
+            turnover = 0.0
+            if self.sparse and initial is not None and bool(initial.any()):
+                kept = count(initial & getattr(t.module, MASK))
+                turnover = 1.0 - kept / count(initial)
+            out[t.name] = {
+                "turnover": turnover,
+                "frozen_at_step": self.frozen_at.get(t.name),
+                "updates": len(overlaps),
+                "overlaps": overlaps,
+            }
+        return out
+
     def percolation(self) -> float:
         """Fraction of the sparse linear layers' output neurons still linked."""
         linear = [t for t in self.targets if t.kind == LINEAR]
@@ -681,6 +774,8 @@ class SparseEngine:
             "step": self.step_count,
             "n_updates": self.n_updates,
             "frozen": sorted(self.frozen),
+            "frozen_at": dict(self.frozen_at),
+            "initial_masks": {k: v.detach().cpu().clone() for k, v in self.initial_masks.items()},
             "generator": self.generator.get_state(),
             "masks": {t.name: getattr(t.module, MASK).detach().cpu().clone() for t in self.targets} if self.sparse else {},
             "rigl_acc": {k: v.detach().cpu().clone() for k, v in self._rigl_acc.items()},
@@ -698,6 +793,8 @@ class SparseEngine:
         self.step_count = state["step"]
         self.n_updates = state["n_updates"]
         self.frozen = set(state["frozen"])
+        self.frozen_at = dict(state.get("frozen_at", {}))
+        self.initial_masks = {k: v.to(self.device) for k, v in state.get("initial_masks", {}).items()}
         self.generator.set_state(state["generator"])
         for name, mask in state["masks"].items():
             t = self.by_name[name]

@@ -20,7 +20,8 @@ import torch
 
 from chsnn.linkpred import MODELS as CH_MODELS
 from chsnn.linkpred import ch_scores
-from chsnn.sparse.select import sample_weighted, select_top
+from chsnn.sparse.masks import count
+from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
 
 TOPOLOGY_INITS: dict[str, Callable] = {}
 WEIGHT_INITS: dict[str, Callable] = {}
@@ -68,17 +69,82 @@ def random_topology(n_out, n_in, n_links, stats, cfg, generator):
     return select_top(None, torch.ones(n_out, n_in, dtype=torch.bool, device=generator.device), n_links, generator)
 
 
-@register_topology_init("sscti")
-@register_topology_init("csti")
-def correlated_topology(n_out, n_in, n_links, stats, cfg, generator):
-    """SSCTI / CSTI: output y is anchored at input ``y mod n_in`` and keeps
-    the links whose inputs correlate most (in |Pearson r|) with the anchor."""
-    corr = stats.correlation().abs()
-    scores = corr[torch.arange(n_out, device=corr.device) % n_in]
-    everything = torch.ones(n_out, n_in, dtype=torch.bool, device=scores.device)
+CORRELATED_INITS = ("sscti", "csti", "csti_tiled")  # these read calibration correlations
+
+
+def spread_anchors(n_out: int, varying: torch.Tensor) -> torch.Tensor:
+    """Anchor input of each output neuron: evenly spread over the inputs that
+    vary (so no anchor has zero variance and, with fewer outputs than inputs,
+    the anchors cover the whole input instead of its first ``n_out``); with
+    more outputs than varying inputs they are tiled, CHT's ``y mod n_in``."""
+    n = varying.numel()
+    y = torch.arange(n_out, device=varying.device)
+    return varying[(y * n) // n_out] if n_out <= n else varying[y % n]
+
+
+def link_every_row(mask: torch.Tensor, scores: torch.Tensor, allowed: torch.Tensor, generator) -> torch.Tensor:
+    """Give each output neuron (row) left without a link its best-scoring
+    allowed input, and take as many of the lowest-scoring links from rows
+    that keep another, so the number of links is unchanged. Needs at least
+    as many links as rows; otherwise the mask is returned as it is."""
+    n_out = mask.shape[0]
+    empty = ~mask.any(1)
+    n_empty = int(empty.sum())
+    if n_empty == 0 or count(mask) < n_out:
+        return mask
+    mask = mask.clone()
+    # the link each row keeps in any case: its best one (random ties)
+    best = select_top_per_row(scores, mask | ~mask.any(1, keepdim=True), 1, generator)
+    donors = mask & ~best
+    drop = select_top(scores, donors, n_empty, generator, largest=False)
+    cand = allowed.unsqueeze(0).expand(n_empty, -1)
+    pick = select_top_per_row(scores[empty], cand, 1, generator)
+    mask &= ~drop
+    mask[empty] = pick
+    return mask
+
+
+def _top_links(scores, n_links, cfg, generator):
+    everything = torch.ones_like(scores, dtype=torch.bool)
     if cfg.sscti_soft:
         return sample_weighted(scores, everything, n_links, generator)
     return select_top(scores, everything, n_links, generator)
+
+
+@register_topology_init("sscti")
+@register_topology_init("csti")
+def correlated_topology(n_out, n_in, n_links, stats, cfg, generator):
+    """SSCTI / CSTI: each output neuron is anchored at an input that varies
+    (:func:`spread_anchors`); the links kept are the top ``n_links`` by
+    |Pearson r| between an output's anchor and each input (over calibration
+    samples: spike counts per sample for spiking layers); every output
+    neuron keeps at least one link."""
+    corr = stats.correlation().abs()
+    varying = stats.varying()
+    if not bool(varying.any()):  # nothing to correlate
+        return random_topology(n_out, n_in, n_links, stats, cfg, generator)
+    scores = corr[spread_anchors(n_out, varying.nonzero().squeeze(1))]
+    return link_every_row(_top_links(scores, n_links, cfg, generator), scores, varying, generator)
+
+
+@register_topology_init("csti_tiled")
+def tiled_topology(n_out, n_in, n_links, stats, cfg, generator):
+    """The CHT reference's CSTI for MLPs: the first sparse layer's input
+    correlation (``stats``, d x d) tiled to the layer's shape, so every
+    width must be 1x, 2x, ... the input width d; global top ``n_links`` by
+    |r|, and every output neuron keeps at least one link."""
+    from chsnn.sparse.config import ConfigError
+
+    corr = stats.correlation().abs()
+    d = corr.shape[0]
+    if n_out % d or n_in % d:
+        raise ConfigError(
+            f"init=csti_tiled tiles the {d}-wide input correlation, so every sparse layer must be a whole multiple of {d} wide "
+            f"(as in the CHT MLPs, hidden widths 1x or 2x the input); a layer is {n_out}x{n_in}: use init=csti, or change the widths"
+        )
+    scores = corr.repeat(n_out // d, n_in // d)
+    varying = stats.varying().repeat(n_in // d)
+    return link_every_row(_top_links(scores, n_links, cfg, generator), scores, varying if bool(varying.any()) else ~varying, generator)
 
 
 # Weight initialisation ------------------------------------------------------------
@@ -113,7 +179,7 @@ def sswi(cfg, n_in, mask2d, stats):
     effective = indeg
     if stats is not None:
         effective = mask2d.to(torch.float64) @ stats.second_moment.to(mask2d.device)
-        effective = torch.where(effective > 1e-12, effective, indeg)  # silent inputs: fall back
+        effective = torch.where(effective > 1e-12, effective, indeg)  # only silent inputs: fall back (the engine warns)
     return torch.sqrt(cfg.init_gain / effective.clamp_min(1e-12)).unsqueeze(1)
 
 

@@ -1,0 +1,185 @@
+"""CH-SNN's topology evolution, as the CHT reference does it: updates keep
+what was learned, SSCTI links every neuron, calibration sees training's
+activity, schedules end at 75% of training, and runs report how far each
+layer's topology evolved."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from chsnn.cli import main
+from chsnn.sparse import ConfigError, EngineConfig, SparseEngine
+from chsnn.sparse.calibration import record_activity
+from chsnn.sparse.strategies import link_every_row, spread_anchors
+
+from test_engine import batches, mlp, train
+
+
+def _weight_state(engine, optimizer):
+    out = {}
+    for t in engine.targets:
+        state = optimizer.state[t.weight]
+        out[t.name] = (t.as_2d(t.weight.detach()).clone(), t.as_2d(state["exp_avg"]).clone(), t.as_2d(state["exp_avg_sq"]).clone())
+    return out
+
+
+@pytest.mark.parametrize("method, options", [("cht", {}), ("chsnn", {"regrow_removed": True})])
+def test_a_link_removed_and_regrown_keeps_its_weight_and_state_and_a_new_link_starts_at_zero(method, options):
+    model = mlp(1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    cfg = {"method": method, "sparsity": 0.6, "update_interval": 0, "zeta": 0.5, **options}
+    engine = SparseEngine(model, opt, cfg, calibration=batches(1, seed=99))
+    train(model, opt, batches(5))
+    before = _weight_state(engine, opt)
+    engine.update_topology()
+    after = _weight_state(engine, opt)
+    kept_somewhere = new_somewhere = False
+    for t in engine.targets:
+        ch = engine.last_changes[t.name]
+        kept, new = ch["removed"] & ch["regrown"], ch["regrown"] & ~ch["removed"]
+        gone = ch["removed"] & ~ch["regrown"]
+        kept_somewhere |= bool(kept.any())
+        new_somewhere |= bool(new.any())
+        for b, a in zip(before[t.name], after[t.name]):
+            assert torch.equal(a[kept], b[kept]), "a removed-and-regrown link lost its weight or optimizer state"
+            assert torch.all(a[new] == 0) and torch.all(a[gone] == 0), "new and removed links must be at 0 with zero state"
+            untouched = ~(ch["removed"] | ch["regrown"])
+            assert torch.equal(a[untouched], b[untouched])
+        assert bool(b[kept].ne(0).any()) or not bool(kept.any())  # the kept weights were learned, not zeros
+    assert kept_somewhere and new_somewhere, "the update should both re-grow removed links and grow new ones"
+
+
+def test_sscti_anchors_spread_over_varying_inputs_and_every_output_neuron_is_linked():
+    torch.manual_seed(0)
+    n_in, n_out = 60, 20
+    x = torch.rand(256, n_in)
+    x[:, :30] = 0.0  # the first half never varies (as a silent corner of a sensor)
+    x[:, 45:] = 0.3  # and the last quarter is constant
+    model = nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Linear(n_out, 3))
+    engine = SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.97}, calibration=[x])  # 36 links for 20 neurons
+    mask = engine.mask("0")
+    assert int(mask.sum()) == round(0.03 * n_in * n_out)
+    assert bool(mask.any(1).all()), "an output neuron was left without links"
+    assert not bool(mask[:, :30].any()) and not bool(mask[:, 45:].any()), "links to inputs that never vary"
+    varying = torch.arange(30, 45)
+    anchors = spread_anchors(n_out, varying)
+    assert set(anchors.tolist()) <= set(varying.tolist()) and anchors.unique().numel() == 15  # all varying inputs anchor some output
+
+
+def test_link_every_row_keeps_the_count_and_moves_only_the_weakest_links():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(6, 10, generator=g, dtype=torch.float64)
+    mask = torch.zeros(6, 10, dtype=torch.bool)
+    mask[0, :5] = True
+    mask[1, :4] = True  # rows 2..5 empty, 9 links
+    fixed = link_every_row(mask, scores, torch.ones(10, dtype=torch.bool), g)
+    assert int(fixed.sum()) == 9 and bool(fixed.any(1).all())
+    for r in range(2, 6):  # each empty row got its best input
+        assert fixed[r, int(scores[r].argmax())]
+    assert fixed[0, int((scores[0] * mask[0]).argmax())] and fixed[1, int((scores[1] * mask[1]).argmax())]
+
+
+def test_correlation_is_over_samples_of_spike_counts_and_streams_over_batches():
+    """Spiking layers: one correlation sample per input sample (its counts
+    over the time steps), accumulated over every calibration batch."""
+    from chsnn.models import build_model
+
+    model = build_model("snn-mlp", (20,), 3, time_steps=6, hidden=[8])
+    target = [t for t in SparseEngine(model, None, "set", sparsity=0.5).targets if t.name == "hidden.0"][0]
+    g = torch.Generator().manual_seed(1)
+    parts = [(torch.rand(6, 32, 20, generator=g) < torch.rand(1, 32, 20, generator=g)).float() for _ in range(3)]
+    stats = record_activity(model, parts, [target], lambda m, x: m(x), g, correlate=True, spiking=True)["hidden.0"]
+    counts = torch.cat([p.sum(0) for p in parts]).double().numpy()
+    expected = np.corrcoef(counts.T)
+    np.fill_diagonal(expected, 0)
+    assert stats.n_samples == 96 and stats.n == 96 * 6
+    assert np.allclose(stats.correlation().numpy(), np.nan_to_num(expected), atol=1e-10)
+    assert torch.allclose(stats.second_moment, torch.cat(parts).reshape(-1, 20).double().pow(2).mean(0))
+
+
+def test_calibration_of_a_batchnorm_network_sees_activity_and_leaves_its_statistics_alone():
+    from chsnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("snn-cnn", (2, 12, 12), 4, time_steps=4, channels=[4, 8], hidden=16)
+    x = (torch.rand(4, 16, 2, 12, 12) < 0.3).float()
+    bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    running = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a silent layer would warn
+        engine = SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.9, "include": ["fc"]}, calibration=[x])
+    fc = engine.by_name["fc"]
+    stats = record_activity(model, engine.calibration, [fc], engine.forward_fn, engine.generator, spiking=True)["fc"]
+    assert float(stats.mean_abs.mean()) > 0.01, "the FC layer's inputs are silent at calibration"
+    for m, (mean, var) in zip(bn, running):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+
+
+def test_a_layer_silent_at_calibration_gets_a_warning():
+    model = mlp()
+    with pytest.warns(RuntimeWarning, match="none of its 12 inputs was active"):
+        SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.8}, calibration=[torch.zeros(16, 12)])
+
+
+def test_zeta_anneals_to_zero_at_75_percent_and_updates_end_there():
+    cfg = EngineConfig.from_dict({"method": "set", "total_steps": 100, "update_interval": 10})
+    assert cfg.zeta_schedule == "cosine" and cfg.end_step == 75
+    assert cfg.zeta_at(0) == pytest.approx(0.3) and cfg.zeta_at(75) == pytest.approx(0.0, abs=1e-15)
+    assert 0 < cfg.zeta_at(40) < 0.3
+    model, opt = mlp(), None
+    engine = SparseEngine(model, opt, {"method": "set", "sparsity": 0.8, "total_steps": 100, "update_interval": 10})
+    assert engine.update_due(70) and not engine.update_due(80)
+    assert EngineConfig.from_dict({"method": "set"}).zeta_schedule == "constant"  # no total_steps: nothing to anneal over
+
+
+def test_cht_preset_uses_chain_removal_like_the_reference():
+    assert EngineConfig.from_dict({"method": "cht"}).chain_removal is True
+
+
+def test_chsnn_regrowth_explores_instead_of_taking_back_what_it_removed():
+    model = mlp(1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    engine = SparseEngine(model, opt, {"method": "chsnn", "sparsity": 0.6, "update_interval": 2, "early_stop": True}, calibration=batches(1, seed=99))
+    initial = {t.name: engine.mask(t.name).clone() for t in engine.targets}
+    train(model, opt, batches(8))
+    assert engine.n_updates == 4 and not engine.frozen
+    for t in engine.targets:
+        ch = engine.last_changes[t.name]
+        assert not bool((ch["removed"] & ch["regrown"]).any())
+    turnover = engine.topology_summary()
+    assert all(turnover[name]["turnover"] > 0 for name in initial)
+    assert all(turnover[name]["overlaps"] == [0.0] * 4 for name in initial)
+
+
+def test_csti_tiled_repeats_the_input_correlation_and_refuses_other_widths():
+    torch.manual_seed(0)
+    x = torch.rand(128, 8)
+    x[:, 3] = x[:, 1] + 0.01 * torch.rand(128)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    engine = SparseEngine(model, None, {"method": "cht", "init": "csti_tiled", "sparsity": 0.8}, calibration=[x])
+    for name in ("0", "2"):
+        m = engine.mask(name)
+        assert bool(m.any(1).all())
+    m0 = engine.mask("0")
+    assert m0[1, 3] and m0[3, 1] and m0[9, 3] and m0[11, 1]  # the correlated pair, in both tiles
+    bad = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 2))
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        SparseEngine(bad, None, {"method": "cht", "init": "csti_tiled", "sparsity": 0.9, "sparsify_output": True}, calibration=[x])
+
+
+def test_turnover_and_frozen_steps_appear_in_summary_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[64]", "--set", "batch_size=128",
+            "--set", "time_steps=4", "--quiet", "--epochs", "3", "--method", "cht", "--sparsity", "0.9",
+            "--set", "engine.update_interval=2", "--set", "engine.early_stop_overlap=0.05", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    layer = summary["layers"][0]
+    assert {"turnover", "frozen_at_step", "overlaps", "updates"} <= set(layer)
+    assert 0.0 < layer["turnover"] <= 1.0
+    assert layer["updates"] == len(layer["overlaps"]) >= 1
+    assert layer["frozen_at_step"] is not None and layer["frozen_at_step"] % 2 == 0
