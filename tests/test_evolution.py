@@ -92,7 +92,7 @@ def test_correlation_is_over_samples_of_spike_counts_and_streams_over_batches():
     target = [t for t in SparseEngine(model, None, "set", sparsity=0.5).targets if t.name == "hidden.0"][0]
     g = torch.Generator().manual_seed(1)
     parts = [(torch.rand(6, 32, 20, generator=g) < torch.rand(1, 32, 20, generator=g)).float() for _ in range(3)]
-    stats = record_activity(model, parts, [target], lambda m, x: m(x), g, correlate=True, spiking=True)["hidden.0"]
+    stats = record_activity(model, parts, [target], lambda m, x: m(x), correlate=True, spiking=True)["hidden.0"]
     counts = torch.cat([p.sum(0) for p in parts]).double().numpy()
     expected = np.corrcoef(counts.T)
     np.fill_diagonal(expected, 0)
@@ -113,7 +113,7 @@ def test_calibration_of_a_batchnorm_network_sees_activity_and_leaves_its_statist
         warnings.simplefilter("error", RuntimeWarning)  # a silent layer would warn
         engine = SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.9, "include": ["fc"]}, calibration=[x])
     fc = engine.by_name["fc"]
-    stats = record_activity(model, engine.calibration, [fc], engine.forward_fn, engine.generator, spiking=True)["fc"]
+    stats = record_activity(model, engine.calibration, [fc], engine.forward_fn, spiking=True)["fc"]
     assert float(stats.mean_abs.mean()) > 0.01, "the FC layer's inputs are silent at calibration"
     for m, (mean, var) in zip(bn, running):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)

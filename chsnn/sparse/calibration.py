@@ -210,7 +210,6 @@ def record_activity(
     batches: list,
     targets: list[SparseTarget],
     forward_fn: Callable,
-    generator: torch.Generator | None = None,
     correlate: bool = False,
     stop_after: SparseTarget | None = None,
     spiking: bool = False,

@@ -10,7 +10,9 @@
 Masks are bool buffers ``weight_mask`` on the sparsified modules (so they
 follow ``model.to(device)`` and ``model.state_dict()``). Gradients are masked
 as they are accumulated; after every optimizer step the weights are masked
-again; at topology updates the optimizer state is zeroed where links change.
+again; at topology updates, links removed for good and genuinely new links
+get weight 0 and zero optimizer state, while a link removed and regrown in
+the same update keeps both.
 
 Data-parallel training (several processes, each with a copy of the model and
 its own share of every batch) passes ``sync=``: an :class:`EngineSync` whose
@@ -114,8 +116,10 @@ class SparseEngine:
             ``None`` call ``engine.step()`` yourself after each step.
         config: ``EngineConfig``, dict, or method name; ``options`` override it.
         calibration: iterable of batches (``x`` or ``(x, y)``) for SSCTI/CSTI,
-            SSWI and the activity-aware removal; the first
-            ``calibration_batches`` are kept on the model's device.
+            SSWI and the activity-aware removal; its first
+            ``calibration_samples`` samples (or ``calibration_batches``
+            batches, when set) are kept on the model's device. Spiking models
+            (``model.spiking``) take time-major batches ``(T, N, ...)``.
         forward_fn: ``forward_fn(model, batch)`` runs one calibration batch
             (default ``model(x)``); spiking states are reset after each call.
         row_groups: ``{layer name: [[output rows], ...]}``, groups that must
@@ -320,7 +324,7 @@ class SparseEngine:
             if self.calibration and (correlated or cfg.weight_init == "sswi"):
                 correlate = correlated and t.kind == LINEAR
                 stats = record_activity(
-                    self.model, self.calibration, [t], self.forward_fn, self.generator, correlate=correlate, stop_after=t, spiking=self.spiking
+                    self.model, self.calibration, [t], self.forward_fn, correlate=correlate, stop_after=t, spiking=self.spiking
                 )
                 self.sync.reduce_activity(stats, self.generator)
                 stats = stats[t.name]
@@ -541,7 +545,7 @@ class SparseEngine:
     def _activity(self) -> dict[str, dict]:
         """Presynaptic (and, through chains, postsynaptic) activity of each
         layer on the calibration batches: a neuron is inactive at exactly 0."""
-        stats = record_activity(self.model, self._activity_batches(), self.targets, self.forward_fn, self.generator, spiking=self.spiking)
+        stats = record_activity(self.model, self._activity_batches(), self.targets, self.forward_fn, spiking=self.spiking)
         self.sync.reduce_activity(stats, self.generator)
         pre = {name: s.mean_abs.to(self.device) for name, s in stats.items()}
         return {t.name: {"pre": pre[t.name], "post": pre[self.successor[t.name].name] if t.name in self.successor else None} for t in self.targets}
