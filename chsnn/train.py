@@ -225,9 +225,9 @@ def validate_config(cfg: dict) -> None:
     def is_number(v):  # finite: inf and nan are no learning rate, momentum or timeout
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    def one_of(key, values, what):
+    def one_of(key, values, what, note=""):
         v = cfg[key]
-        need(key, isinstance(v, str) and v in values, f"valid {what} are {', '.join(values)}")
+        need(key, isinstance(v, str) and v in values, f"valid {what} are {', '.join(values)}{note}")
 
     for key in ("epochs", "batch_size", "eval_batch_size", "time_steps", "updates_per_epoch", "calibration_batches"):
         need(key, is_int(cfg[key]) and cfg[key] > 0, "it must be a whole number > 0")
@@ -236,7 +236,7 @@ def validate_config(cfg: dict) -> None:
     one_of("optimizer", OPTIMIZERS, "optimizers")
     one_of("lr_schedule", LR_SCHEDULES, "schedules")
     one_of("encoder", ENCODERS, "encoders")
-    one_of("precision", PRECISIONS, "precisions (fp16 needs a CUDA device)")
+    one_of("precision", PRECISIONS, "precisions", " (fp16 needs a CUDA device)")
     need("lr", is_number(cfg["lr"]) and cfg["lr"] > 0, "it must be a finite number > 0, e.g. 1e-3")
     need("momentum", is_number(cfg["momentum"]) and 0 <= cfg["momentum"] < 1, "it must be a number in [0, 1), e.g. 0.9")
     need("weight_decay", is_number(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, "it must be a finite number >= 0")

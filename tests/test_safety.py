@@ -441,3 +441,77 @@ def test_a_relative_npz_path_is_stored_resolved(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)
     code, out, err = run_cli(["eval", tmp_path / "run"], capsys)
     assert code == 0, err
+
+
+# Any value for any key: a run or a clear error ----------------------------------------
+
+
+def _config_keys() -> list[str]:
+    import dataclasses
+
+    from chsnn.sparse import EngineConfig
+    from chsnn.train import DEFAULTS
+
+    return sorted(DEFAULTS) + [f"engine.{f.name}" for f in dataclasses.fields(EngineConfig)]
+
+
+def _values():
+    from hypothesis import strategies as st
+
+    # Bounded: whole numbers up to 10^6 (an option like time_steps or a model
+    # width of 10^12 would ask for that much memory, which is the user's call,
+    # not a traceback); floats include nan and inf.
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 10**6),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=8),
+        st.sampled_from(["abc", "auto", "cpu", "chsnn", "set", "rigl", "random", "CH3", "sgd", "cosine", "1e-3", "3e-1", "[1, 2]"]),
+    )
+    return st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["lr", "hidden", "width", "a", "n_train"]), scalars, max_size=2))
+
+
+def _tiny_run_args(tmp: Path) -> list[str]:
+    return ["train", "--data", "random", "--set", "data_options={input_shape: [6], n_classes: 3, n_train: 8, n_test: 4, kind: static}",
+            "--model", "mlp", "--set", "model_options.width=0.003", "--set", "batch_size=4", "--set", "eval_batch_size=4",
+            "--method", "set", "--sparsity", "0.5", "--max-steps", "1", "--quiet", "--out", str(tmp)]
+
+
+def test_any_value_for_any_key_gives_a_run_or_a_clear_error(tmp_path_factory, capsys):
+    """Hypothesis draws a key (every top-level key and every engine.* key)
+    and a value of a random type (None, bool, int, float with nan/inf, text,
+    lists, small mappings), passed as ``--set KEY=VALUE`` to a tiny real run
+    (an 8-sample random data set, a 2-unit MLP, one step). What it covers:
+    one key at a time, 80 examples per test run (hypothesis varies them across
+    runs), whole numbers bounded by 10^6. Each must exit 0 (a run, with its
+    summary.json) or 2 with one error line (validation errors name the key;
+    an error found later, e.g. a data set the model cannot take, names what
+    does not fit); an exception escaping the CLI (a traceback) fails it."""
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    counter = iter(range(10**9))
+    outcomes = {0: 0, 2: 0}
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(key=st.sampled_from(_config_keys()), value=_values())
+    def check(key, value):
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        if text.endswith("\n..."):
+            text = text[: -len("\n...")]
+        text = text.removesuffix("...").strip()
+        out = tmp_path_factory.getbasetemp() / f"any{next(counter)}"
+        code = main([*_tiny_run_args(out), "--set", f"{key}={text}"])
+        captured = capsys.readouterr()
+        assert code in (0, 2), (key, text, captured.err)
+        if code == 0:
+            assert (out / "summary.json").is_file()
+        else:
+            line = error_line(captured.err)  # one line, no traceback
+            assert len(line) > len("chsnn train: error: ") + 20, line
+        outcomes[code] += 1
+
+    check()
+    assert outcomes[0] and outcomes[2]  # both kinds happened: the probe is not all refusals
