@@ -78,6 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, LinkPredictionMemoryError) as exc:  # ConfigError, DataError, MissingDataError, bad model options
-        print(f"chsnn {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, LinkPredictionMemoryError) as exc:  # ConfigError, DataError, MissingDataError, CheckpointError, bad model options
+        print(f"chsnn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # a file or directory that cannot be written or read
+        print(f"chsnn {args.command}: error: {exc.filename or ''}: {exc.strerror or exc} (permission denied)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: no traceback; train has said where its state is
+        from chsnn.train import RunInterrupted
+
+        if not isinstance(exc, RunInterrupted):
+            print(f"\nchsnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (messages quoting a file's text may hold newlines)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -502,9 +502,11 @@ class DistributedSync(EngineSync):
 # Test hook ----------------------------------------------------------------------------
 
 
-def fault_point(step: int) -> None:
+def fault_point(step: int, model=None) -> None:
     """``CHSNN_TEST_FAULT=RANK:STEP:MODE``: on rank RANK after step STEP,
-    ``kill`` (SIGKILL itself), ``exit`` (exit code 3) or ``hang``."""
+    ``kill`` (SIGKILL itself), ``exit`` (exit code 3), ``hang``, ``sigint``
+    (Ctrl-C) or ``nan`` (every weight of ``model`` becomes NaN, as a
+    diverging step would leave it)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -521,5 +523,12 @@ def fault_point(step: int) -> None:
         os._exit(3)
     elif mode == "hang":
         time.sleep(3600)
+    elif mode == "nan" and model is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+    elif mode == "sigint":  # as Ctrl-C would
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the signal arrives at the next bytecode; never get past here without it
     else:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: MODE must be kill, exit or hang")
+        raise ValueError(f"{FAULT_ENV}={spec!r}: MODE must be kill, exit, hang, sigint or nan")

@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from chsnn.checkpoint import load_checkpoint
+
 FORMATS = ("torch", "sparse", "nir")
 CHECKPOINTS = ("best", "latest")
 SUFFIXES = {"torch": ".pt", "sparse": ".npz", "nir": ".nir"}
@@ -207,9 +209,7 @@ def load_run(run_dir, checkpoint: str = "latest") -> LoadedRun:
     from chsnn.models import build_model
 
     path = find_checkpoint(run_dir, checkpoint)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ExportError(f"{path} is not a chsnn checkpoint (no 'model' state)")
+    ckpt = load_checkpoint(path)  # weights_only=True: no code from the checkpoint runs
     cfg = _run_config(Path(run_dir), ckpt)
     clean, masks = split_state(ckpt["model"])
 

@@ -93,12 +93,13 @@ def _load_metrics(run_dir: Path) -> list[dict]:
 
 
 def _load_checkpoint(run_dir: Path) -> tuple[dict, str]:
-    import torch
+    from chsnn.checkpoint import load_checkpoint
 
-    # The final state (what summary.json describes); best.pt when latest.pt is absent.
+    # The final state (what summary.json describes); best.pt when latest.pt is
+    # absent. A damaged latest.pt is an error, not a silent switch to best.pt.
     for name in ("latest.pt", "best.pt"):
         if (run_dir / name).is_file():
-            return torch.load(run_dir / name, map_location="cpu", weights_only=False), name
+            return load_checkpoint(run_dir / name), name
     raise FileNotFoundError(f"{run_dir} holds no checkpoint (latest.pt or best.pt)")
 
 

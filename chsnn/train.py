@@ -91,6 +91,41 @@ def _yaml():
     return yaml
 
 
+_NUMBER = r"""^[-+]?(?:[0-9][0-9_]*)?\.?[0-9]+(?:[eE][-+]?[0-9]+)$"""
+
+
+def _strict_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping and reads
+    numbers like ``1e-3`` (YAML 1.2, no dot) as floats rather than strings."""
+    import re
+
+    yaml = _yaml()
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise ConfigError(f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); give each key once")
+            except TypeError:  # an unhashable key: SafeLoader says so below
+                continue
+            seen[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_NUMBER), list("-+0123456789."))
+    return StrictLoader
+
+
+def yaml_load(text: str):
+    """YAML as chsnn reads configs and ``--set`` values (see :func:`_strict_loader`)."""
+    return _yaml().load(text, Loader=_strict_loader())
+
+
 def find_config(name_or_path: str) -> Path:
     """A zoo name (``snn-mlp_ndigits``) or a YAML path."""
     path = Path(name_or_path)
@@ -107,9 +142,10 @@ def find_config(name_or_path: str) -> Path:
 
 def load_config_file(path: Path) -> dict:
     try:
-        data = _yaml().safe_load(path.read_text()) or {}
-    except Exception as exc:  # yaml.YAMLError and decoding errors
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        data = yaml_load(path.read_text()) or {}
+    except Exception as exc:  # yaml.YAMLError, a key given twice, decoding errors
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"cannot read config {path}: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of options, not {type(data).__name__}")
     return data
@@ -124,7 +160,9 @@ def parse_assignment(text: str) -> tuple[list[str], object]:
     if not parts:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        parsed = _yaml().safe_load(value) if value.strip() else ""
+        parsed = yaml_load(value) if value.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"--set {text!r}: {exc}") from None
     except Exception:
         parsed = value
     return parts, parsed
@@ -165,7 +203,17 @@ def resolve_config(config: str | None = None, overrides: dict | None = None, ass
             node = node[p]
         node[parts[-1]] = value
     validate_config(cfg)
+    cfg["data"] = resolve_data_path(cfg["data"])
     return cfg
+
+
+def resolve_data_path(spec: str) -> str:
+    """``NAME:PATH`` with PATH made absolute, so the run directory's config
+    finds the data from any working directory (``chsnn eval``, ``--resume``)."""
+    name, sep, path = spec.partition(":")
+    if not sep or not path.strip():
+        return spec
+    return f"{name}:{Path(path.strip()).expanduser().resolve()}"
 
 
 def validate_config(cfg: dict) -> None:
@@ -176,42 +224,84 @@ def validate_config(cfg: dict) -> None:
 
     def need(key, ok, allowed_text):
         if not ok:
-            raise ConfigError(f"config {key}={cfg.get(key)!r} is not allowed; {allowed_text}")
+            raise ConfigError(f"config {key}={short_repr(cfg.get(key))} is not allowed; {allowed_text}")
 
-    def positive_int(key):
-        need(key, isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] > 0, "it must be a whole number > 0")
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):  # finite: inf and nan are no learning rate, momentum or timeout
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def one_of(key, values, what, note=""):
+        v = cfg[key]
+        need(key, isinstance(v, str) and v in values, f"valid {what} are {', '.join(values)}{note}")
 
     for key in ("epochs", "batch_size", "eval_batch_size", "time_steps", "updates_per_epoch", "min_update_steps"):
-        positive_int(key)
+        need(key, is_int(cfg[key]) and cfg[key] > 0, "it must be a whole number > 0")
     if cfg["calibration_batches"] is not None:
-        positive_int("calibration_batches")
+        need("calibration_batches", is_int(cfg["calibration_batches"]) and cfg["calibration_batches"] > 0, "it must be a whole number > 0, or null")
     if cfg["max_steps"] is not None:
-        positive_int("max_steps")
-    need("optimizer", cfg["optimizer"] in OPTIMIZERS, f"valid optimizers are {', '.join(OPTIMIZERS)}")
-    need("lr_schedule", cfg["lr_schedule"] in LR_SCHEDULES, f"valid schedules are {', '.join(LR_SCHEDULES)}")
-    need("encoder", cfg["encoder"] in ENCODERS, f"valid encoders are {', '.join(ENCODERS)}")
-    need("lr", isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0, "it must be a number > 0")
-    need("seed", isinstance(cfg["seed"], int), "it must be a whole number")
-    need("precision", cfg["precision"] in PRECISIONS, f"valid precisions are {', '.join(PRECISIONS)} (fp16 needs a CUDA device)")
-    timeout = cfg["dist_timeout"]
-    need("dist_timeout", isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0, "it must be a number of seconds > 0")
+        need("max_steps", is_int(cfg["max_steps"]) and cfg["max_steps"] > 0, "it must be a whole number > 0")
+    one_of("optimizer", OPTIMIZERS, "optimizers")
+    one_of("lr_schedule", LR_SCHEDULES, "schedules")
+    one_of("encoder", ENCODERS, "encoders")
+    one_of("precision", PRECISIONS, "precisions", " (fp16 needs a CUDA device)")
+    need("lr", is_number(cfg["lr"]) and cfg["lr"] > 0, "it must be a finite number > 0, e.g. 1e-3")
+    need("momentum", is_number(cfg["momentum"]) and 0 <= cfg["momentum"] < 1, "it must be a number in [0, 1), e.g. 0.9")
+    need("weight_decay", is_number(cfg["weight_decay"]) and cfg["weight_decay"] >= 0, "it must be a finite number >= 0")
+    need("seed", is_int(cfg["seed"]) and 0 <= cfg["seed"] < 2**32, "it must be a whole number in [0, 2^32)")
+    need("num_workers", is_int(cfg["num_workers"]) and cfg["num_workers"] >= 0, "it must be a whole number >= 0")
+    need("dist_timeout", is_number(cfg["dist_timeout"]) and cfg["dist_timeout"] > 0, "it must be a number of seconds > 0")
+    for key in ("description", "model", "data"):
+        need(key, isinstance(cfg[key], str) and (key == "description" or cfg[key].strip() != ""), "it must be a string" + (" (a name)" if key != "description" else ""))
+    need("device", isinstance(cfg["device"], str), f"valid devices are {DEVICES_TEXT}")
+    check_device_name(cfg["device"])
     for key in ("model_options", "data_options", "engine", "results"):
         need(key, isinstance(cfg[key], dict), "it must be a mapping")
+    for key in ("model_options", "data_options", "engine"):
+        bad = [k for k in cfg[key] if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"config {key} has a key {short_repr(bad[0])} that is not a name; its keys must be option names")
+    if "default" in cfg:
+        need("default", isinstance(cfg["default"], bool), "it must be true or false")
+
     # Raises on unknown engine options or bad values (total_steps is filled in per run).
     EngineConfig.from_dict({"total_steps": 1, **cfg["engine"]})
 
 
+def short_repr(value, limit: int = 80) -> str:
+    """repr on one line, cut to ``limit`` characters (for error messages)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # Data and model -------------------------------------------------------------------
+
+DEVICES_TEXT = "auto, cpu, cuda, cuda:N (N a GPU index), mps (Apple GPUs)"
+
+
+def check_device_name(name: str) -> None:
+    """A device name chsnn trains on (availability is checked by :func:`pick_device`)."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", name.strip()):
+        raise ConfigError(f"device {short_repr(name)} is not allowed; valid devices are {DEVICES_TEXT}")
 
 
 def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     """``auto``: CUDA when present. With ``local_rank`` (a multi-process
     run), CUDA without an index means ``cuda:LOCAL_RANK``."""
+    check_device_name(name)
+    name = name.strip()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device mps was asked for, but torch sees no Apple MPS GPU here; use --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} was asked for, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
     if device.type == "cuda" and device.index is None and local_rank is not None:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"local rank {local_rank} has no GPU: torch sees {torch.cuda.device_count()}; start at most that many processes per node")
@@ -496,9 +586,12 @@ def _rng_state(runner: Runner) -> dict:
     return {"torch": torch.get_rng_state(), "encode": runner.encode_gen.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, history: list, rank_rngs: list | None = None) -> dict:
+def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, history: list, rank_rngs: list | None = None, partial: dict | None = None) -> dict:
     """The run's state (weights, masks, engine, optimizer, schedule, RNG);
-    ``rank_rngs``: every rank's RNG state, for a multi-process run."""
+    ``rank_rngs``: every rank's RNG state, for a multi-process run;
+    ``partial``: the train loss/accuracy sums of the epoch in progress (so a
+    resumed epoch's figures cover all of it). Tensors and plain data only:
+    it loads with ``torch.load(weights_only=True)`` (:mod:`chsnn.checkpoint`)."""
     rng = _rng_state(runner)
     if rank_rngs is not None:
         rng["ranks"] = rank_rngs
@@ -514,6 +607,7 @@ def _checkpoint(runner: Runner, epoch: int, step_in_epoch: int, best: float, his
         "engine": runner.engine.state_dict(),
         "rng": rng,
         "world_size": runner.world,
+        "epoch_partial": partial,
     }
 
 
@@ -539,26 +633,111 @@ def _restore(runner: Runner, ckpt: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def train(cfg: dict | None, out_dir: Path, resume: bool = False, quiet: bool = False, max_steps: int | None = None) -> dict:
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or weight: the run stops; its last good checkpoint
+    stays as it was and no summary.json is written."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the state was saved and said so."""
+
+
+def _non_finite(runner: Runner) -> str | None:
+    """The first parameter or floating buffer holding NaN or inf, else None
+    (one host sync for the whole model)."""
+    tensors = [(n, t) for n, t in [*runner.model.named_parameters(), *runner.model.named_buffers()] if t.is_floating_point() and t.numel()]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+        return None
+    return next(n for n, t in tensors if not bool(torch.isfinite(t).all()))
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The run directory can be created and written, or a one-line error."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file, not a directory; give a directory for the run")
+    parent = out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out_dir}: {parent} is a file, so the run directory cannot be made there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "the run directory" if parent == out_dir else f"{parent}, where the run directory would be made,"
+        raise ConfigError(f"--out {out_dir}: {what} is not writable; give a directory you can write to")
+
+
+# Options a resumed run may be given: they change where or how long it runs, not what it is.
+RESUMABLE = ("--max-steps", "--device", "--quiet")
+
+
+def _resume_conflicts(cfg: dict, requested: dict) -> list[str]:
+    """``requested``: {option text: (config path, value)} given with --resume;
+    those whose value differs from the saved config, described."""
+    out = []
+    for text, (path, value) in requested.items():
+        node = cfg
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if node != value:
+            out.append(f"{text} (the run has {short_repr(node, 40)})")
+    return out
+
+
+def train(
+    cfg: dict | None,
+    out_dir: Path,
+    resume: bool = False,
+    quiet: bool = False,
+    max_steps: int | None = None,
+    device: str | None = None,
+    requested: dict | None = None,
+) -> dict:
     """Run (or resume) training; returns the summary. A resumed run keeps its
-    saved config, except ``max_steps`` (None: run to the last epoch).
+    saved config, except ``max_steps`` (None: run to the last epoch) and
+    ``device`` (where it runs); ``requested``: other options given with the
+    resume, {option text: (config path, value)}, refused when they differ
+    from the saved config. Checkpoints are read with ``weights_only=True``.
+
+    A non-finite loss or weight raises :class:`TrainingDiverged` (the last
+    good checkpoint is kept, no summary written); Ctrl-C saves the state and
+    raises :class:`RunInterrupted`.
 
     Started by torchrun with several ranks (``WORLD_SIZE`` > 1), it joins the
     process group first and trains data-parallel (:mod:`chsnn.distributed`);
     only rank 0 writes and prints. A lost rank raises
     :class:`chsnn.distributed.DistributedError`."""
+    from chsnn.checkpoint import CheckpointError, load_checkpoint
+
     out_dir = Path(out_dir)
     latest = out_dir / "latest.pt"
     ckpt = None
     # Every rank checks and reads the run directory (nobody writes before all
     # ranks have joined), so they all fail, or all go on, alike.
+    check_out_dir(out_dir)
     if resume:
         if not latest.is_file():
             raise ConfigError(f"--resume: no checkpoint {latest}; start the run without --resume (or give its --out)")
-        ckpt = torch.load(latest, map_location="cpu", weights_only=False)
+        try:
+            ckpt = load_checkpoint(latest, training=True)
+        except CheckpointError as exc:
+            hint = f"; {out_dir / 'best.pt'} is there: copy it to latest.pt to resume from the best epoch" if (out_dir / "best.pt").is_file() else ""
+            raise CheckpointError(f"--resume: {exc}{hint}") from None
         cfg = dict(ckpt["config"], max_steps=max_steps)
         for key, value in DEFAULTS.items():  # keys added since the run started get their defaults
             cfg.setdefault(key, copy.deepcopy(value))
+        conflicts = _resume_conflicts(cfg, requested or {})
+        if conflicts:
+            raise ConfigError(
+                f"--resume continues {out_dir} with the config it was started with; these options would change it: {'; '.join(conflicts)}. "
+                f"Drop them, or start a new run with another --out (with --resume only {', '.join(RESUMABLE)} may be given)"
+            )
+        if device is not None and device != cfg["device"]:
+            if not quiet:
+                print(f"resuming on device {device} (the run was started with device {cfg['device']})", file=sys.stderr)
+            cfg["device"] = device
+        try:
+            validate_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"--resume: the config saved in {latest} is not valid: {exc}") from None
     elif (out_dir / "summary.json").exists() or latest.exists():
         raise ConfigError(f"run directory {out_dir} already holds a run; use --resume to continue it or --out for a new one")
     own_group = False
@@ -578,18 +757,33 @@ def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
 
     main = distributed.is_main()
     latest = out_dir / "latest.pt"
+    metrics = out_dir / "metrics.jsonl"
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {out_dir}: cannot create the run directory ({exc.strerror or exc})") from None
         atomic_write_text(out_dir / "config.yaml", _yaml().safe_dump(cfg, sort_keys=False))
+        if ckpt is None:
+            # A new run: metrics.jsonl starts empty, even where an earlier run
+            # left one (without a checkpoint, there is nothing to continue).
+            if metrics.is_file() and metrics.stat().st_size and not quiet:
+                print(f"note: {metrics} from an earlier run without a checkpoint is replaced by this run's", file=sys.stderr)
+            atomic_write_text(metrics, "")
+        else:
+            # Resumed: the epochs the checkpoint holds, not lines written after it.
+            atomic_write_text(metrics, "".join(json.dumps(row) + "\n" for row in ckpt["history"]))
 
     start = time.time()
     runner = Runner(cfg)
     epoch0, skip, best, history = 0, 0, -1.0, []
     wall_before = 0.0
+    partial = None
     if ckpt is not None:
         _restore(runner, ckpt)
         epoch0, skip, best, history = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["best_accuracy"], ckpt["history"]
         wall_before = history[-1]["wall_seconds"] if history else 0.0
+        partial = ckpt.get("epoch_partial") if skip else None
     writer = _tensorboard(out_dir / "tb") if main else None
     engine, model = runner.engine, runner.model
     multi = runner.world > 1
@@ -599,12 +793,19 @@ def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
     max_steps = cfg["max_steps"]
     stopped = max_steps is not None and step >= max_steps
     epoch, done_in_epoch = epoch0, skip
+    n_updates_before, loss_sum, correct, seen = len(engine.records), 0, 0, 0
+    last_saved = step if ckpt is not None else None  # the step latest.pt holds
     try:
         for epoch in range(epoch0, cfg["epochs"]):
             if stopped:
                 break
             n_updates_before = len(engine.records)
             loss_sum = correct = seen = 0
+            if partial is not None:  # a resumed epoch: its figures cover the batches before the resume too
+                n_updates_before = partial.get("records_start", n_updates_before)
+                if runner.rank == 0:  # the other ranks' sums were reduced into rank 0's
+                    loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+                partial = None
             bar = tqdm(total=runner.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=quiet, leave=False)
             done_in_epoch = skip
             for b, (x, y) in enumerate(runner._batches(runner.data.train, batch_size, epoch, skip=skip, shard=multi), start=skip):
@@ -634,13 +835,16 @@ def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
                 done_in_epoch += 1
                 step += 1
                 if n_local:
-                    loss_sum += float(loss.detach()) * n_local
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value) and not multi:  # several ranks: checked on the reduced sums below
+                        raise TrainingDiverged(f"the training loss is {loss_value} at step {step} (epoch {epoch + 1})")
+                    loss_sum += loss_value * n_local
                     correct += int((logits.argmax(1) == y).sum())
                     seen += n_local
                 if not quiet:
                     bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}", density=f"{1 - engine.sparsity():.4f}", refresh=False)
                     bar.update()
-                distributed.fault_point(step)
+                distributed.fault_point(step, model)
                 if max_steps is not None and step >= max_steps:
                     stopped = True
                     break
@@ -649,6 +853,12 @@ def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
             if multi:
                 distributed.average_buffers(model)
                 loss_sum, correct, seen = distributed.all_reduce([float(loss_sum), int(correct), int(seen)], what="reducing the training metrics")
+            # Nothing non-finite is evaluated, logged or saved (every rank holds the same weights and sums).
+            if not math.isfinite(loss_sum):
+                raise TrainingDiverged(f"the training loss is {loss_sum / max(seen, 1)} over epoch {epoch + 1} (step {step})")
+            bad = _non_finite(runner)
+            if bad is not None:
+                raise TrainingDiverged(f"{bad} holds NaN or infinite values after step {step} (epoch {epoch + 1})")
             evaluation = runner.evaluate()
             updates = engine.records[n_updates_before:]
             row = {
@@ -674,11 +884,13 @@ def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
             complete = not stopped or done_in_epoch == runner.steps_per_epoch
             rank_rngs = distributed.all_gather_object(_rng_state(runner), "gathering the RNG states") if multi else None
             if main:
-                with open(out_dir / "metrics.jsonl", "a") as f:
+                with open(metrics, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 _log_tensorboard(writer, row)
-                ck = _checkpoint(runner, epoch + 1 if complete else epoch, 0 if complete else done_in_epoch, max(best, row["test_accuracy"]), history, rank_rngs)
+                sums = None if complete else {"loss_sum": float(loss_sum), "correct": int(correct), "seen": int(seen), "records_start": n_updates_before}
+                ck = _checkpoint(runner, epoch + 1 if complete else epoch, 0 if complete else done_in_epoch, max(best, row["test_accuracy"]), history, rank_rngs, sums)
                 atomic_save(ck, latest)
+                last_saved = step
                 if row["test_accuracy"] > best:
                     atomic_save(ck, out_dir / "best.pt")
             best = max(best, row["test_accuracy"])
@@ -688,11 +900,21 @@ def _train(cfg: dict, out_dir: Path, ckpt: dict | None, quiet: bool) -> dict:
                     f"sparsity {row['sparsity']:.4f}  updates {len(updates)}",
                     file=sys.stderr,
                 )
+    except TrainingDiverged as exc:
+        kept = f"the last good checkpoint {latest} (step {last_saved}) is kept" if last_saved is not None else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"training diverged: {exc}; lr is {cfg['lr']} with {cfg['optimizer']}: lower it. Stopped: {kept}, and no summary.json was written"
+        ) from None
     except KeyboardInterrupt:
         if main:  # no collective here: the other ranks may be anywhere
-            atomic_save(_checkpoint(runner, epoch, done_in_epoch, best, history), latest)
-            print(f"\ninterrupted: state saved to {latest}; continue with --resume --out {out_dir}", file=sys.stderr)
-        raise
+            bad = _non_finite(runner)
+            if bad is not None:
+                print(f"\ninterrupted: state NOT saved ({bad} holds NaN or infinite values); {latest} is the last good state", file=sys.stderr)
+            else:
+                sums = partial or ({"loss_sum": float(loss_sum), "correct": int(correct), "seen": int(seen), "records_start": n_updates_before} if done_in_epoch else None)
+                atomic_save(_checkpoint(runner, epoch, done_in_epoch, best, history, partial=sums), latest)
+                print(f"\ninterrupted: state saved to {latest}; continue with --resume --out {out_dir}", file=sys.stderr)
+        raise RunInterrupted() from None
     finally:
         if writer is not None:
             writer.close()
@@ -820,14 +1042,21 @@ def _log_tensorboard(writer, row: dict) -> None:
 
 def evaluate_run(run_dir: Path, quiet: bool = False) -> dict:
     """Rebuild a saved run from its directory and re-evaluate it on its test set."""
+    from chsnn.checkpoint import load_first
+
     run_dir = Path(run_dir)
-    for name in ("best.pt", "latest.pt"):
-        if (run_dir / name).is_file():
-            ckpt = torch.load(run_dir / name, map_location="cpu", weights_only=False)
-            break
-    else:
-        raise ConfigError(f"{run_dir} holds no checkpoint (best.pt or latest.pt); is it a chsnn run directory?")
-    runner = Runner(ckpt["config"])
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist") if not run_dir.exists() else ConfigError(f"{run_dir} is not a directory; give a chsnn run directory")
+    # best.pt, or latest.pt when best.pt is absent or damaged (weights_only=True: no code runs)
+    ckpt, name = load_first(run_dir, ("best.pt", "latest.pt"), training=True)
+    cfg = dict(ckpt["config"])
+    for key, value in DEFAULTS.items():
+        cfg.setdefault(key, copy.deepcopy(value))
+    try:
+        validate_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"the config saved in {run_dir / name} is not valid: {exc}") from None
+    runner = Runner(cfg)
     _restore(runner, ckpt)
     result = runner.evaluate()
     result["checkpoint"] = name
@@ -892,6 +1121,9 @@ def _train_command(args) -> int:
     except distributed.DistributedError as exc:  # a lost rank: say so and exit, never hang
         print(f"chsnn train: error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except TrainingDiverged as exc:  # not the input's fault: exit 1, like a lost rank
+        print(f"chsnn train: error: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _train_command_inner(args) -> int:
@@ -899,7 +1131,26 @@ def _train_command_inner(args) -> int:
         out = Path(args.out) if args.out else None
         if out is None:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-        train(None, out, resume=True, quiet=args.quiet, max_steps=args.max_steps)
+        if args.config or args.smoke:
+            given = ", ".join(o for o, v in (("--config", args.config), ("--smoke", args.smoke)) if v)
+            raise ConfigError(f"--resume continues the run in {out} with its saved config; {given} would start another: drop it, or give a new --out without --resume")
+        requested = {}
+        for option, path, value in (
+            ("--data", ("data",), None if args.data is None else resolve_data_path(args.data)),
+            ("--model", ("model",), args.model),
+            ("--method", ("engine", "method"), args.method),
+            ("--sparsity", ("engine", "sparsity"), args.sparsity),
+            ("--epochs", ("epochs",), args.epochs),
+            ("--seed", ("seed",), args.seed),
+        ):
+            if value is not None:
+                requested[f"{option} {value}"] = (path, value)
+        for text in args.set:
+            parts, value = parse_assignment(text)
+            requested[f"--set {text}"] = (tuple(parts), value)
+        if args.device is not None:
+            check_device_name(args.device)
+        train(None, out, resume=True, quiet=args.quiet, max_steps=args.max_steps, device=args.device, requested=requested)
         return 0
     overrides = {"data": args.data, "model": args.model, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "device": args.device}
     engine = {k: v for k, v in {"method": args.method, "sparsity": args.sparsity}.items() if v is not None}

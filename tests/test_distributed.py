@@ -225,7 +225,7 @@ def test_timeout_and_fault_settings(monkeypatch):
             raise RuntimeError("peer gone")
     monkeypatch.setenv(distributed.FAULT_ENV, "0:5:explode")
     distributed.fault_point(4)  # another step: nothing
-    with pytest.raises(ValueError, match="kill, exit or hang"):
+    with pytest.raises(ValueError, match="kill, exit, hang, sigint or nan"):
         distributed.fault_point(5)
 
 

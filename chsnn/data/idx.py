@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -47,13 +48,14 @@ def read_idx(path: str | Path, ndim: int | None = None, dtype: np.dtype | str | 
         raise DataError(f"{path}: truncated inside the header ({len(raw)} bytes, the header needs {header})")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd)]
     item = _IDX_TYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * item.itemsize
+    count = math.prod(dims)  # Python ints: huge header dimensions give huge, not overflowed, numbers
+    expected = count * item.itemsize
     found = len(raw) - header
     if found < expected:
         raise DataError(f"{path}: truncated: dims {dims} need {expected} data bytes after the header, the file has {found}")
     if found > expected:
         raise DataError(f"{path}: {found - expected} unexpected bytes after the data (dims {dims} need {expected}); not a valid IDX file")
-    arr = np.frombuffer(raw, dtype=item, count=int(np.prod(dims, dtype=np.int64)), offset=header).reshape(dims)
+    arr = np.frombuffer(raw, dtype=item, count=count, offset=header).reshape(dims)
     return arr.astype(item.newbyteorder("="))  # native order, writable copy
 
 

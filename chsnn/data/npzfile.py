@@ -4,7 +4,7 @@ Sample arrays by number of dimensions: (N, F) feature vectors, (N, H, W) grey
 images, (N, C, H, W) images (all static), or (N, T, C, H, W) event frames
 (kind "events", time_steps T). Static uint8 arrays are scaled by 1/255, bool
 to 0/1, floats are kept (they must be finite); event frames are counts, kept
-as they are. Labels are non-negative integers; n_classes = max label + 1."""
+as they are. Labels are integers 0..N-1 (N at most 100000); n_classes = max label + 1."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import torch
 from chsnn.data._base import ArrayDataset, DataBundle, DataError, MissingDataError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+# Labels are class numbers: a label L makes an output layer of L + 1 units, so a
+# stray huge label would ask for a model of that width (10^9: 128 GB).
+MAX_CLASSES = 100_000
 
 
 def _check_x(path: Path, key: str, x: np.ndarray) -> str:
@@ -41,10 +44,12 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int, x_key: str) -> np.ndar
         raise DataError(f"{path}: '{key}' has dtype {y.dtype}; expected integer class labels")
     if len(y) != n:
         raise DataError(f"{path}: '{key}' has {len(y)} labels but '{x_key}' has {n} samples")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise DataError(f"{path}: '{key}' has a negative label ({int(y.min())})")
-    return y
+    if len(y) and y.dtype.kind == "i" and int(y.min()) < 0:
+        raise DataError(f"{path}: '{key}' has a negative label ({int(y.min())}); labels are class numbers 0..N-1")
+    top = int(y.max()) if len(y) else 0  # in the stored dtype: a uint64 label keeps its value
+    if top >= MAX_CLASSES:
+        raise DataError(f"{path}: '{key}' has a label {top}, which would make {top + 1} classes; labels are class numbers 0..N-1 with N at most {MAX_CLASSES}")
+    return y.astype(np.int64)
 
 
 def load_npz_bundle(file: Path | None, time_steps: int | None = None) -> DataBundle:

@@ -44,6 +44,37 @@ class ConfigError(ValueError):
     """A bad engine option: names the key, the value and what is allowed."""
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Each field's declared type -> (check, what is allowed). A field of another
+# type is left to _validate.
+_TYPE_CHECKS = {
+    "str": (lambda v: isinstance(v, str), "it must be a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "it must be a string (or null for the method's default)"),
+    "float": (_is_number, "it must be a finite number"),
+    "float | None": (lambda v: v is None or _is_number(v), "it must be a finite number (or null)"),
+    "int": (_is_int, "it must be a whole number"),
+    "int | None": (lambda v: v is None or _is_int(v), "it must be a whole number (or null)"),
+    "bool": (lambda v: isinstance(v, bool), "it must be true or false"),
+    "bool | None": (lambda v: v is None or isinstance(v, bool), "it must be true or false (or null for the method's default)"),
+    "list[str]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "it must be a list of strings"),
+    "list[float]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v), "it must be a list of finite numbers"),
+    "str | list": (lambda v: isinstance(v, (str, list, tuple)), "it must be a string or a list"),
+    "dict | None": (lambda v: v is None or isinstance(v, dict), "it must be a mapping (or null)"),
+}
+
+
+def _short(value, limit: int = 80) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass
 class EngineConfig:
     """Everything the sparse engine needs to know; see README "Engine options"."""
@@ -109,8 +140,18 @@ class EngineConfig:
             )
         return cls(**merged).resolved()
 
+    def _check_types(self) -> None:
+        """Every option of the type its field declares (strict: a string is
+        no number, a number no bool), before any value is compared."""
+        for f in fields(self):
+            check = _TYPE_CHECKS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+            value = getattr(self, f.name)
+            if check is not None and not check[0](value):
+                raise ConfigError(f"engine option {f.name}={_short(value)} is not allowed; {check[1]}")
+
     def resolved(self) -> "EngineConfig":
         """Validate and fill the stage options from the method preset."""
+        self._check_types()
         if self.method not in METHOD_PRESETS:
             raise ConfigError(f"unknown method {self.method!r}; valid methods are {', '.join(METHOD_NAMES)}")
         cfg = dataclasses.replace(self)
@@ -130,7 +171,7 @@ class EngineConfig:
 
     def _validate(self) -> None:
         def bad(key, allowed):
-            raise ConfigError(f"engine option {key}={getattr(self, key)!r} is not allowed; {allowed}")
+            raise ConfigError(f"engine option {key}={_short(getattr(self, key))} is not allowed; {allowed}")
 
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
             bad("sparsity", "it must be a number in [0, 1), e.g. 0.99 keeps 1% of the links")
@@ -158,11 +199,15 @@ class EngineConfig:
         if self.calibration_batches is not None and self.calibration_batches < 1:
             bad("calibration_batches", "use >= 1 batch, or leave it unset to use calibration_samples")
         if self.calibration_samples < 2:
-            bad("calibration_samples", "use >= 2 samples")
+            bad("calibration_samples", "it must be a whole number >= 2")
         if self.activity_samples < 1:
-            bad("activity_samples", "use >= 1 sample")
+            bad("activity_samples", "it must be a whole number >= 1")
         if not 0.0 < self.end_fraction <= 1.0:
             bad("end_fraction", "it must be in (0, 1]: the fraction of training after which the topology stops changing")
+        if self.seed < 0:
+            bad("seed", "it must be a whole number >= 0")
+        if self.total_steps is not None and self.total_steps < 1:
+            bad("total_steps", "it must be a whole number >= 1 (the optimizer steps of the run)")
         if self.init_gain <= 0:
             bad("init_gain", "it must be > 0")
         if len(self.soft_temperature) != 2 or min(self.soft_temperature) <= 0:
@@ -177,12 +222,19 @@ class EngineConfig:
                 bad("initial_density", f"the sigmoid schedule needs a start density in [{d:g}, 1] (the target density is {d:g})")
         if needs_total and (self.total_steps is None or self.total_steps < 1):
             raise ConfigError(f"{' and '.join(needs_total)} need total_steps (the number of optimizer steps of the run)")
-        if not (self.chain in ("auto", "none") or isinstance(self.chain, (list, tuple))):
-            bad("chain", 'use "auto", "none" or a list of [layer_a, layer_b] pairs')
+        chain_ok = self.chain in ("auto", "none") or (
+            isinstance(self.chain, (list, tuple))
+            and all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in self.chain)
+        )
+        if not chain_ok:
+            bad("chain", 'use "auto", "none" or a list of [layer_a, layer_b] pairs of layer names')
         if self.hebb is not None:
-            unknown = set(self.hebb) - {"lr", "decay", "window"}
+            unknown = sorted(map(str, set(self.hebb) - {"lr", "decay", "window"}))
             if unknown:
-                bad("hebb", f"unknown Hebb-SET keys {sorted(unknown)}; allowed: lr, decay, window")
+                bad("hebb", f"unknown Hebb-SET keys {unknown}; allowed: lr, decay, window")
+            for key, ok, what in (("lr", _is_number, "a finite number"), ("decay", _is_number, "a finite number"), ("window", lambda v: _is_int(v) and v >= 1, "a whole number >= 1")):
+                if key in self.hebb and not ok(self.hebb[key]):
+                    bad("hebb", f"hebb.{key} must be {what}")
 
     # Schedules -------------------------------------------------------------
 
