@@ -594,3 +594,24 @@ def test_encode_latency_timing():
     out = encode(x, 11, "latency")  # steps round((1 - v) * 10): 0, none, 7, 3
     assert out.sum(0).tolist() == [[1.0, 0.0, 1.0, 1.0]]
     assert out[0, 0, 0] == 1 and out[7, 0, 2] == 1 and out[3, 0, 3] == 1
+
+
+def test_nmnist_resplit_pools_and_stratifies_by_seed(shared_dir):
+    d = shared_dir / "data" / "nmnist-small"
+    if not (d / "Train").is_dir():
+        pytest.skip("../shared/data/nmnist-small is absent")
+    from chsnn.data import load_dataset
+
+    official = load_dataset(f"nmnist:{d}")
+    a = load_dataset(f"nmnist:{d}", resplit="0.2", seed=1)
+    b = load_dataset(f"nmnist:{d}", resplit="0.2", seed=2)
+    total = len(official.train) + len(official.test)
+    assert len(a.train) + len(a.test) == total and len(a.test) == round(0.2 * total)
+    assert set(a.train.indices.tolist()).isdisjoint(a.test.indices.tolist())
+    assert a.test.indices.tolist() != b.test.indices.tolist()  # another seed, another split
+    counts = np.bincount(a.test.targets.numpy(), minlength=10)
+    assert counts.min() > 0 and counts.sum() == len(a.test)  # every class, in proportion (stratified)
+    x, y = a.test[0]
+    assert x.shape == (8, 2, 34, 34) and y == int(a.test.targets[0])
+    with pytest.raises(ValueError, match="resplit"):
+        load_dataset(f"nmnist:{d}", resplit="1.5")

@@ -101,6 +101,16 @@ def _nmnist_files(part_dir: Path) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
+def _fraction(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"option {key}={text!r} must be a fraction in (0, 1) given as a string, e.g. {key}=0.2")
+    return value
+
+
 class _NmnistFiles:
     """Picklable reader: recording i of a list of N-MNIST files, with its label."""
 
@@ -111,7 +121,10 @@ class _NmnistFiles:
         return read_nmnist_file(self.files[i]), self.labels[i]
 
 
-def load_nmnist_bundle(directory: Path, time_steps: int = 8) -> DataBundle:
+def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resplit: str = "") -> DataBundle:
+    """N-MNIST in its official layout. ``resplit`` (a fraction as a string,
+    e.g. "0.2"): pool Train and Test and split them again, stratified by
+    seed, for a usable test set from a small copy of the data."""
     directory = Path(directory).expanduser()
     base = directory / "NMNIST" if not (directory / "Train").is_dir() and (directory / "NMNIST").is_dir() else directory
     parts = {}
@@ -129,7 +142,22 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8) -> DataBundle:
         reader = _NmnistFiles(files, labels)
         return EventFileDataset(reader, np.arange(len(files)), labels, NMNIST_SENSOR, time_steps, (2, 34, 34), name=f"nmnist/{part.lower()}")
 
-    train, test = make("Train"), make("Test")
+    if resplit:
+        fraction = _fraction("resplit", resplit)
+        files = parts["Train"][0] + parts["Test"][0]
+        labels = parts["Train"][1] + parts["Test"][1]
+        tr, te = stratified_split(np.asarray(labels), fraction, seed)
+        reader = _NmnistFiles(files, labels)
+        label_array = np.asarray(labels)
+
+        def subset(idx, part):
+            return EventFileDataset(reader, idx, label_array[idx], NMNIST_SENSOR, time_steps, (2, 34, 34), name=f"nmnist/resplit-{part}")
+
+        train, test = subset(tr, "train"), subset(te, "test")
+        note = f"N-MNIST: Train and Test pooled and split {len(train)}/{len(test)} (stratified, seed {seed}), {time_steps} time bins"
+    else:
+        train, test = make("Train"), make("Test")
+        note = f"N-MNIST: official split {len(train)}/{len(test)}, {time_steps} time bins"
     return DataBundle(
         name="nmnist",
         train=train,
@@ -138,7 +166,7 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8) -> DataBundle:
         n_classes=10,
         time_steps=time_steps,
         kind="events",
-        note=f"N-MNIST: official split {len(train)}/{len(test)}, {time_steps} time bins",
+        note=note,
         classes=[str(i) for i in range(10)],
     )
 

@@ -39,7 +39,7 @@ ALIASES = {
 }
 
 # Per-dataset options beyond time_steps, seed and root, with their defaults.
-_EXTRA_OPTIONS = {"emnist": {"split": "balanced"}, "cifar100": {"labels": "fine"}}
+_EXTRA_OPTIONS = {"emnist": {"split": "balanced"}, "cifar100": {"labels": "fine"}, "nmnist": {"resplit": ""}}
 _NO_PATH = ("digits", "ndigits", "random")
 DEFAULT_TIME_STEPS = 8
 
@@ -70,7 +70,8 @@ def load_dataset(spec: str, *, time_steps: int | None = None, seed: int = 0, roo
     - ``root``: the cache directory (default ``$CHSNN_CACHE`` or ``~/.cache/chsnn``);
       real sets given without a PATH are looked for in ``root/NAME``.
     - ``split`` (emnist: byclass, bymerge, balanced, letters, digits, mnist),
-      ``labels`` (cifar100: fine, coarse).
+      ``labels`` (cifar100: fine, coarse), ``resplit`` (nmnist: a fraction as a
+      string, e.g. "0.2", pools Train and Test and splits them again by seed).
     - ``random`` takes ``input_shape``, ``n_classes``, ``n_train``, ``n_test`` and
       ``kind`` (static or events; default: events exactly when ``time_steps`` is
       given); see :mod:`chsnn.data.synthetic`.
@@ -123,7 +124,7 @@ def load_dataset(spec: str, *, time_steps: int | None = None, seed: int = 0, roo
     from chsnn.data import neuromorphic as nm
 
     if name == "nmnist":
-        return nm.load_nmnist_bundle(data_dir, t)
+        return nm.load_nmnist_bundle(data_dir, t, seed, opts.get("resplit", ""))
     if name == "dvsgesture":
         return nm.load_dvsgesture_bundle(data_dir, t)
     if name == "cifar10dvs":
