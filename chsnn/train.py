@@ -187,9 +187,10 @@ def resolve_config(config: str | None = None, overrides: dict | None = None, ass
     cfg = merge(cfg, load_config_file(source))
     cfg["config_source"] = str(source)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    # Another model or dataset than the config's: its options do not carry over.
+    # Another model or dataset than the config's: its options do not carry over
+    # (the same dataset at another path keeps them).
     for key in ("model", "data"):
-        if key in overrides and overrides[key] != cfg[key]:
+        if key in overrides and _option_owner(key, overrides[key]) != _option_owner(key, cfg[key]):
             cfg[f"{key}_options"] = {}
     cfg = merge(cfg, overrides)
     for text in assignments:
@@ -205,6 +206,14 @@ def resolve_config(config: str | None = None, overrides: dict | None = None, ass
     validate_config(cfg)
     cfg["data"] = resolve_data_path(cfg["data"])
     return cfg
+
+
+def _option_owner(key: str, value):
+    """What model_options / data_options belong to: the model's name, or the
+    dataset's name without its path."""
+    if key == "data" and isinstance(value, str):
+        return value.split(":", 1)[0]
+    return value
 
 
 def resolve_data_path(spec: str) -> str:
