@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from chsnn import linkpred
 from chsnn.sparse.calibration import batch_input, record_activity, to_device, trace_order
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.hebb import HebbRule
@@ -619,6 +620,7 @@ class SparseEngine:
             "active_out": stats["active_out"],
             "frozen": False,
             "ms": ms,
+            **linkpred.take_choice(),  # CH regrowth: method/kernel/chunk that ran (issue 14)
         }
 
     # Reading ---------------------------------------------------------------------
