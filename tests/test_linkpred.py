@@ -258,11 +258,12 @@ def test_bad_input_is_named(call, message):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["exact", "node"])
-def test_cuda_equals_cpu(method):
+@pytest.mark.parametrize("kernel", [None, "wedge", "dense"])
+def test_cuda_equals_cpu(method, kernel):
     mask = torch.from_numpy(_hub_graph())
-    on_gpu = ch_scores(mask.cuda(), "CH3", method)
+    on_gpu = ch_scores(mask.cuda(), "CH3", method, kernel=kernel)
     assert on_gpu.device.type == "cuda"
-    assert_close(on_gpu.cpu(), ch_scores(mask, "CH3", method))
+    assert_close(on_gpu.cpu(), ch_scores(mask, "CH3", method, kernel="wedge"))
 
 
 def _memory_mask():
