@@ -410,15 +410,21 @@ class _Plan:
         return True
 
 
-def _plans(masks: torch.Tensor, method: str) -> list[_Plan]:
-    """The kernels that compute ``method`` on this stack, with their costs."""
+def _plans(masks: torch.Tensor, method: str, links=None) -> list[_Plan]:
+    """The kernels that compute ``method`` on this stack, with their costs
+    (``links``: ``masks.nonzero(as_tuple=True)`` when already at hand)."""
     B, n_y, n_x = masks.shape
-    deg_in = masks.sum(1, dtype=torch.int64).double()  # (B, n_x): degrees of input nodes
-    deg_out = masks.sum(2, dtype=torch.int64).double()  # (B, n_y)
+    deg_in_i = masks.sum(1, dtype=torch.int64)  # (B, n_x): degrees of input nodes
+    deg_out_i = masks.sum(2, dtype=torch.int64)  # (B, n_y)
+    deg_in, deg_out = deg_in_i.double(), deg_out_i.double()
     cells = masks.numel()
     item = 8
-    wedges, wedge_bytes = estimate_memory(masks, method)
-    paths = float((deg_out.unsqueeze(1) @ masks.double() @ deg_in.unsqueeze(2)).sum()) if wedges else 0.0
+    wedges = int((deg_in_i * deg_in_i).sum()) + int((deg_out_i * deg_out_i).sum())
+    wedge_bytes = wedges * _BYTES_PER_WEDGE[method] + cells * _BYTES_PER_CELL
+    if links is None:
+        links = masks.nonzero(as_tuple=True)
+    b, y, x = links
+    paths = float((deg_in[b, x] * deg_out[b, y]).sum()) if wedges else 0.0  # sum over links of deg(x1) deg(y1)
     plans = [_Plan(method, "wedge", lambda c: wedge_bytes, _SEC_PER_CALL + _SEC_PER_PATH * paths + _SEC_PER_WEDGE * wedges, wedges=wedges)]
     out_bytes = cells * item
     if method == "exact":
@@ -454,14 +460,14 @@ def _plans(masks: torch.Tensor, method: str) -> list[_Plan]:
     return plans
 
 
-def _choose(masks: torch.Tensor, method: str, memory_gb, kernel, chunk) -> _Plan:
+def _choose(masks: torch.Tensor, method: str, memory_gb, kernel, chunk, links=None) -> _Plan:
     """The fastest kernel that fits the budget; for ``auto``, exact first."""
     budget = _memory_budget(masks.device, memory_gb)
     if chunk is not None and kernel is None:
         kernel = "dense"
     tried = {}
     for m in (("exact", "node") if method == "auto" else (method,)):
-        plans = [p for p in _plans(masks, m) if kernel is None or p.kernel == kernel]
+        plans = [p for p in _plans(masks, m, links) if kernel is None or p.kernel == kernel]
         tried[m] = plans
         fitting = [p for p in plans if p.fit(budget, chunk)]
         if fitting:
@@ -504,7 +510,7 @@ def _scores(masks: torch.Tensor, model: str, method: str, dtype, memory_gb=None,
     if links[0].numel() == 0:
         _LAST.choice = {"linkpred": "exact" if method == "auto" else method, "linkpred_kernel": "none"}
         return torch.zeros(masks.shape, dtype=dtype, device=masks.device)
-    plan = _choose(masks, method, memory_gb, kernel, chunk)  # before any large allocation
+    plan = _choose(masks, method, memory_gb, kernel, chunk, links)  # before any large allocation
     _LAST.choice = {
         "linkpred": plan.method,
         "linkpred_kernel": plan.kernel,
