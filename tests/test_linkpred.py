@@ -54,15 +54,15 @@ def test_hand_computed_single_path():
 
 
 @PROPERTY
-@given(structured_masks(), st.sampled_from(MODELS))
-def test_exact_equals_reference(mask, model):
-    assert_close(ch_scores(torch.from_numpy(mask), model), reference_scores(mask, model))
+@given(structured_masks(), st.sampled_from(MODELS), st.sampled_from([None, "wedge", "dense"]))
+def test_exact_equals_reference(mask, model, kernel):
+    assert_close(ch_scores(torch.from_numpy(mask), model, kernel=kernel), reference_scores(mask, model))
 
 
 @PROPERTY
-@given(structured_masks(), st.sampled_from(MODELS))
-def test_node_equals_reference(mask, model):
-    assert_close(ch_scores(torch.from_numpy(mask), model, "node"), reference_node_scores(mask, model))
+@given(structured_masks(), st.sampled_from(MODELS), st.sampled_from([None, "wedge", "dense"]))
+def test_node_equals_reference(mask, model, kernel):
+    assert_close(ch_scores(torch.from_numpy(mask), model, "node", kernel=kernel), reference_node_scores(mask, model))
 
 
 @settings(max_examples=40, deadline=None)
@@ -112,9 +112,87 @@ def test_batched_equals_one_by_one(method):
     masks = torch.rand(6, 7, 11, generator=g) < 0.3
     masks[2] = False  # an empty graph in the stack
     masks[4, :, 3] = True
-    batched = ch_scores_batched(masks, "CH3", method)
-    for b in range(masks.shape[0]):
-        assert_close(batched[b], ch_scores(masks[b], "CH3", method))
+    for kernel in linkpred.KERNELS:
+        batched = ch_scores_batched(masks, "CH3", method, kernel=kernel)
+        for b in range(masks.shape[0]):
+            assert_close(batched[b], ch_scores(masks[b], "CH3", method, kernel="wedge"))
+
+
+# Chunked (blocked) dense kernels against the one-pass wedge kernel ----------------
+
+
+def assert_exact(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-12, atol=1e-12)
+
+
+def _dense_both_sides(mask, model, chunk, method="exact"):
+    """The dense kernel grouped by input nodes and by output nodes (the
+    transposed graph): the two orientations the planner may choose."""
+    h = linkpred._node_terms(model)
+    fn = linkpred._dense_exact if method == "exact" else linkpred._dense_node
+    by_in = fn(mask, h, torch.float64, chunk).masked_fill_(mask, 0.0)
+    by_out = fn(mask.t().contiguous(), h, torch.float64, chunk).t().masked_fill_(mask, 0.0)
+    return by_in, by_out
+
+
+@PROPERTY
+@given(structured_masks(max_side=12), st.sampled_from(MODELS), st.sampled_from([1, 2, 3, 5, 64]))
+def test_chunked_exact_equals_unchunked(mask, model, chunk):
+    m = torch.from_numpy(mask)
+    one_pass = ch_scores(m, model, kernel="wedge")
+    for got in _dense_both_sides(m, model, chunk):
+        assert_exact(got, one_pass)
+    assert_exact(ch_scores(m, model, chunk=chunk), one_pass)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_exact_on_hubs_isolated_nodes_and_blocks(model, chunk):
+    m = torch.from_numpy(_hub_graph(1))
+    expected = reference_scores(m.numpy(), model)
+    for got in _dense_both_sides(m, model, chunk):
+        assert_exact(got, expected)
+    assert_exact(ch_scores(m, model, "exact", chunk=chunk), ch_scores(m, model, "exact", kernel="wedge"))
+
+
+@PROPERTY
+@given(structured_masks(max_side=12), st.sampled_from(MODELS), st.sampled_from([1, 2, 7, 64]))
+def test_matrix_product_node_equals_brute_force(mask, model, chunk):
+    m = torch.from_numpy(mask)
+    brute = _brute_force_node(mask, model)
+    for got in _dense_both_sides(m, model, chunk, "node"):
+        assert_exact(got, brute)
+    assert_exact(ch_scores(m, model, "node", chunk=chunk), brute)
+    assert_exact(ch_scores(m, model, "node", kernel="wedge"), brute)
+
+
+def _brute_force_node(mask, model):
+    """CH-SPEC section 2's L3n, term by term: for an absent (x, y), add
+    h(x1) for every x1 in N(y) sharing an output with x and h(y1) for every
+    y1 in N(x) sharing an input with y, where with c common neighbours,
+    di = c and de = deg - 1 - c; h = 1/deg (RA), (1+di)/(1+de) (CH2),
+    1/(1+de) (CH3), 1/(1/(1+di) + de) (CH3.1)."""
+    m = np.asarray(mask, dtype=bool)
+    n_out, n_in = m.shape
+
+    def h(deg, c):
+        de = deg - 1 - c
+        return {"RA": 1 / deg, "CH2": (1 + c) / (1 + de), "CH3": 1 / (1 + de), "CH3.1": 1 / (1 / (1 + c) + de)}[model]
+
+    out = np.zeros((n_out, n_in))
+    for y in range(n_out):
+        for x in range(n_in):
+            if m[y, x]:
+                continue
+            for x1 in range(n_in):
+                c = int(np.sum(m[:, x1] & m[:, x]))
+                if m[y, x1] and x1 != x and c > 0:
+                    out[y, x] += h(int(m[:, x1].sum()), c)
+            for y1 in range(n_out):
+                c = int(np.sum(m[y1] & m[y]))
+                if m[y1, x] and y1 != y and c > 0:
+                    out[y, x] += h(int(m[y1].sum()), c)
+    return out
 
 
 def test_internal_fallbacks_agree(monkeypatch):
@@ -161,12 +239,16 @@ def test_count_l3_paths_brute_force():
     "call, message",
     [
         (lambda: ch_scores(torch.ones(3, 3), model="CH4"), "valid models are RA, CH2, CH3, CH3.1"),
-        (lambda: ch_scores(torch.ones(3, 3), method="fast"), "valid methods are exact, node"),
+        (lambda: ch_scores(torch.ones(3, 3), method="fast"), "valid methods are exact, node, auto"),
         (lambda: ch_scores(torch.ones(3)), "2-D"),
         (lambda: ch_scores(torch.ones(2, 3, 3)), "2-D"),
         (lambda: ch_scores(torch.tensor([[0.0, 0.5]])), "binary"),
         (lambda: ch_scores(torch.tensor([[0, 2]])), "binary"),
         (lambda: ch_scores_batched(torch.ones(3, 3)), "3-D"),
+        (lambda: ch_scores(torch.ones(3, 3), kernel="fast"), "valid kernels are wedge, dense"),
+        (lambda: ch_scores(torch.ones(3, 3), chunk=0), "chunk must be a whole number >= 1"),
+        (lambda: ch_scores(torch.ones(3, 3), kernel="wedge", chunk=2), "dense kernel only"),
+        (lambda: ch_scores(torch.ones(3, 3), memory_gb=-1.0), "memory_gb must be a positive"),
     ],
 )
 def test_bad_input_is_named(call, message):
@@ -176,11 +258,12 @@ def test_bad_input_is_named(call, message):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["exact", "node"])
-def test_cuda_equals_cpu(method):
+@pytest.mark.parametrize("kernel", [None, "wedge", "dense"])
+def test_cuda_equals_cpu(method, kernel):
     mask = torch.from_numpy(_hub_graph())
-    on_gpu = ch_scores(mask.cuda(), "CH3", method)
+    on_gpu = ch_scores(mask.cuda(), "CH3", method, kernel=kernel)
     assert on_gpu.device.type == "cuda"
-    assert_close(on_gpu.cpu(), ch_scores(mask, "CH3", method))
+    assert_close(on_gpu.cpu(), ch_scores(mask, "CH3", method, kernel="wedge"))
 
 
 def _memory_mask():
@@ -189,16 +272,65 @@ def _memory_mask():
 
 
 def test_memory_budget_exceeded_raises_clear_error(monkeypatch):
-    monkeypatch.setenv(linkpred.MEMORY_ENV, "0.0001")
+    monkeypatch.setenv(linkpred.MEMORY_ENV, "0.000001")  # 1 KiB: less than the dense layer itself
     with pytest.raises(linkpred.LinkPredictionMemoryError) as info:
         ch_scores(_memory_mask(), "CH3", "exact")
     msg = str(info.value)
     assert isinstance(info.value, MemoryError)
-    assert 'method="node"' in msg and "linkpred: node" in msg
+    assert 'method="node"' in msg and "linkpred: node" in msg and "linkpred: auto" in msg
     assert "GiB" in msg and "wedge entries" in msg and "12x20" in msg
+    assert "even one chunk" in msg and "blocks of one node" in msg
     assert "initial_density" in msg and linkpred.MEMORY_ENV in msg
     with pytest.raises(MemoryError):
         ch_scores_batched(_memory_mask().expand(3, 12, 20), "CH3", "node")
+    with pytest.raises(MemoryError):
+        ch_scores(_memory_mask(), "CH3", "auto")
+
+
+def _dense_min_bytes(mask, method="exact"):
+    return min(p.need(1) for p in linkpred._plans(mask.unsqueeze(0), method) if p.kernel == "dense")
+
+
+def test_budget_smaller_than_one_chunk_raises(monkeypatch):
+    """The dense kernel's smallest chunk is one middle node: a budget below it
+    (and below the wedge tables) is refused before any allocation, by name."""
+    monkeypatch.delenv(linkpred.MEMORY_ENV, raising=False)
+    mask = torch.from_numpy(_hub_graph())
+    one = _dense_min_bytes(mask)
+    with pytest.raises(linkpred.LinkPredictionMemoryError, match="even one chunk.*blocks of one node"):
+        ch_scores(mask, "CH3", "exact", kernel="dense", memory_gb=(one - 1) / 2**30)
+    # exactly one node's block fits: scores computed, one node per block
+    got = ch_scores(mask, "CH3", "exact", kernel="dense", memory_gb=one / 2**30)
+    assert linkpred.last_choice()["linkpred_chunk"] == 1
+    assert_close(got, reference_scores(mask.numpy(), "CH3"))
+    # a forced chunk over the budget is refused, naming that chunk
+    with pytest.raises(linkpred.LinkPredictionMemoryError, match="blocks of 20"):
+        ch_scores(mask, "CH3", "exact", chunk=20, memory_gb=one / 2**30)
+
+
+def test_auto_falls_back_to_node_and_records_the_choice(monkeypatch):
+    monkeypatch.delenv(linkpred.MEMORY_ENV, raising=False)
+    mask = torch.from_numpy(_hub_graph())
+    assert_close(ch_scores(mask, "CH3", "auto"), reference_scores(mask.numpy(), "CH3"))
+    assert linkpred.last_choice()["linkpred"] == "exact"
+    exact_min = min(p.min_bytes() for p in linkpred._plans(mask.unsqueeze(0), "exact"))
+    node_min = min(p.min_bytes() for p in linkpred._plans(mask.unsqueeze(0), "node"))
+    assert node_min < exact_min
+    budget = (node_min + exact_min) / 2 / 2**30
+    got = ch_scores(mask, "CH3", "auto", memory_gb=budget)
+    choice = linkpred.last_choice()
+    assert choice["linkpred"] == "node" and choice["linkpred_kernel"] in linkpred.KERNELS
+    assert_close(got, reference_node_scores(mask.numpy(), "CH3"))
+    with pytest.raises(linkpred.LinkPredictionMemoryError):  # exact stays exact
+        ch_scores(mask, "CH3", "exact", memory_gb=budget)
+    ch_scores(torch.zeros(3, 4, dtype=torch.bool), "CH3", "auto")
+    assert linkpred.last_choice() == {"linkpred": "exact", "linkpred_kernel": "none"}
+
+
+def test_engine_config_accepts_auto():
+    from chsnn.sparse.config import EngineConfig
+
+    assert EngineConfig(linkpred="auto").linkpred == "auto"
 
 
 def test_memory_budget_unset_or_large_scores_unchanged(monkeypatch):

@@ -29,13 +29,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from typing import Callable
 
 import torch
 from torch import nn
 
-import warnings
-
+from chsnn import linkpred
 from chsnn.sparse.calibration import batch_input, record_activity, to_device, trace_order
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.hebb import HebbRule
@@ -720,6 +720,7 @@ class SparseEngine:
             "active_out": stats["active_out"],
             "frozen": False,
             "ms": ms,
+            **linkpred.take_choice(),  # CH regrowth: method/kernel/chunk that ran (issue 14)
         }
 
     # Reading ---------------------------------------------------------------------
