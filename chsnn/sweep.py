@@ -120,8 +120,14 @@ def _check_variants(path, key, variants) -> None:
 
 
 def _comparable(cfg: dict) -> dict:
-    """The parts of a config that decide what a run computes."""
-    return {k: v for k, v in cfg.items() if k not in ("description", "results", "default", "config_source")}
+    """The parts of a config that decide what a run computes (a data path as
+    the absolute path it names: runs store it resolved, older ones did not)."""
+    from chsnn.train import resolve_data_path
+
+    out = {k: v for k, v in cfg.items() if k not in ("description", "results", "default", "config_source")}
+    if isinstance(out.get("data"), str):
+        out["data"] = resolve_data_path(out["data"])
+    return out
 
 
 def plan_runs(grid: dict) -> list[Run]:

@@ -98,6 +98,19 @@ def test_reuse_refuses_a_run_with_another_config(tmp_path):
     check_reusable(run)
 
 
+def test_reuse_takes_a_data_path_saved_relative_as_the_absolute_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    run = plan_runs(load_grid(write_grid(tmp_path)))[0]
+    run.cfg["data"] = f"mnist:{tmp_path / 'mnist'}"  # how a run stores it now
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg, "data": "mnist:mnist"}))  # how older runs stored it
+    check_reusable(run)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**run.cfg, "data": "mnist:elsewhere"}))
+    with pytest.raises(ConfigError, match="differs in: data"):
+        check_reusable(run)
+
+
 def _fake(tmp_path, label, sparsity, seed, acc, groups=("methods",)):
     run = Run(label, sparsity, seed, {}, tmp_path / f"{label}_{sparsity}_{seed}", set(groups))
     run.run_dir.mkdir(parents=True)
