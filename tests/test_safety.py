@@ -71,6 +71,16 @@ class _Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
 
 
+def reading_command(command: str, run, tmp_path) -> list:
+    """The command line of each command that reads a run's checkpoint."""
+    return {
+        "eval": ["eval", run],
+        "export": ["export", run, "--format", "torch", "--out", tmp_path / "x.pt"],
+        "report": ["report", run],
+        "resume": ["train", "--resume", "--out", run, "--quiet"],
+    }[command]
+
+
 @pytest.mark.parametrize("command", ["eval", "export", "report", "resume"])
 def test_a_crafted_checkpoint_runs_no_code(command, good_run, tmp_path):
     import shutil
@@ -82,12 +92,7 @@ def test_a_crafted_checkpoint_runs_no_code(command, good_run, tmp_path):
         ckpt = torch.load(run / name, weights_only=True)
         ckpt["history"] = _Payload(marker)
         torch.save(ckpt, run / name)
-    args = {
-        "eval": ["eval", run],
-        "export": ["export", run, "--format", "torch", "--out", tmp_path / "x.pt"],
-        "report": ["report", run],
-        "resume": ["train", "--resume", "--out", run, "--quiet"],
-    }[command]
+    args = reading_command(command, run, tmp_path)
     code, out, err = run_process(args)
     assert not marker.exists(), "the checkpoint's payload ran"
     assert code == 2, err
@@ -112,12 +117,7 @@ def test_truncated_checkpoints_give_one_line(command, good_run, tmp_path, capsys
     for name in names:
         data = (run / name).read_bytes()
         (run / name).write_bytes(data[: len(data) // 2])
-    args = {
-        "eval": ["eval", run],
-        "export": ["export", run, "--format", "torch", "--out", tmp_path / "x.pt"],
-        "report": ["report", run],
-        "resume": ["train", "--resume", "--out", run, "--quiet"],
-    }[command]
+    args = reading_command(command, run, tmp_path)
     code, out, err = run_cli(args, capsys)
     assert code == 2
     line = error_line(err, "train" if command == "resume" else command)
