@@ -76,6 +76,7 @@ DEFAULTS: dict = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+CALIBRATION_BYTES = 1 << 30  # calibration inputs kept on the device, unless calibration_batches is set
 # lr_schedule: linear, the CHT reference's: down to 1% of lr over the first 90% of training.
 LINEAR_LR_FLOOR, LINEAR_LR_SPAN = 0.01, 0.9
 ENCODERS = ("direct", "poisson", "latency")
@@ -359,6 +360,10 @@ class Runner:
         n_calibration = engine_cfg.get("calibration_batches") or cfg["calibration_batches"]
         if n_calibration is None:
             bound = engine_cfg.get("calibration_samples", EngineConfig.calibration_samples)
+            # The batches stay on the device for the whole run: at most CALIBRATION_BYTES
+            # of inputs (DVS frames, 2x128x128 over 16 steps, are 2 MB a sample).
+            per_sample = 4 * math.prod(self.data.input_shape) * (cfg["time_steps"] if self.spiking else 1)
+            bound = min(bound, max(cfg["batch_size"], CALIBRATION_BYTES // per_sample))
             n_calibration = max(1, math.ceil(min(len(self.data.train), bound) / cfg["batch_size"]))
         engine_cfg["calibration_batches"] = n_calibration
         # Each rank calibrates on its part of the first batches; the engine's

@@ -183,3 +183,20 @@ def test_turnover_and_frozen_steps_appear_in_summary_json(tmp_path, capsys):
     assert 0.0 < layer["turnover"] <= 1.0
     assert layer["updates"] == len(layer["overlaps"]) >= 1
     assert layer["frozen_at_step"] is not None and layer["frozen_at_step"] % 2 == 0
+
+
+def test_calibration_data_is_bounded_by_memory_for_large_event_frames(monkeypatch):
+    """Calibration inputs stay on the device for the whole run, so they are
+    capped in bytes (1 GiB: 512 DVS128 recordings of 16 frames) before
+    calibration_samples' 4096; here a cap of 100 samples' worth."""
+    from chsnn import train as training
+
+    per_sample = 4 * 2 * 16 * 16 * 4  # float32 frames of 2x16x16 over 4 steps
+    monkeypatch.setattr(training, "CALIBRATION_BYTES", 100 * per_sample)
+    cfg = training.resolve_config(None, {
+        "data": "random", "model": "snn-mlp", "model_options": {"hidden": [8]}, "time_steps": 4, "batch_size": 32,
+        "data_options": {"input_shape": [2, 16, 16], "n_classes": 3, "kind": "events", "n_train": 640, "n_test": 8},
+    })
+    runner = training.Runner(cfg)
+    assert runner.engine.config.calibration_batches == 4  # ceil(100 / 32)
+    assert sum(x.shape[1] for x in runner.engine.calibration) == 128
