@@ -10,7 +10,7 @@ turns one of those checkpoints into a file meant for inference elsewhere:
     engine buffers (``weight_mask``, ``weight_mask_f``). It loads with
     ``strict=True`` into a freshly built model of the same config::
 
-        model = build_model(**spec); model.load_state_dict(torch.load(path))
+        model = build_model(**spec); model.load_state_dict(torch.load(path, weights_only=True))
 
     A sidecar ``model-latest.json`` holds that ``spec`` (model name, options,
     input shape, classes, time steps) so :func:`load_export` can rebuild it.
@@ -340,7 +340,7 @@ def load_torch(path) -> nn.Module:
     if not sidecar.is_file():
         raise FileNotFoundError(
             f"{path} is a plain state dict; rebuilding it needs its spec {sidecar.name} beside it "
-            "(or build the model yourself and call model.load_state_dict(torch.load(path)))"
+            "(or build the model yourself and call model.load_state_dict(torch.load(path, weights_only=True)))"
         )
     spec = json.loads(sidecar.read_text())
     model = build_from_spec(spec)

@@ -7,6 +7,7 @@ models are untouched. Spiking neurons' states are reset after every pass.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -136,12 +137,18 @@ class ActivityStats:
         mean = self.sum / n
         return (self.cross.diagonal() / n - mean * mean).clamp_min(0)
 
-    def varying(self) -> torch.Tensor:
-        """Inputs whose per-sample activity varies over the calibration data.
-        Relative threshold: float64 rounding of a constant input's variance."""
-        var = self.variance()
+    def varying(self, variance: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs whose per-sample activity varies over the calibration data
+        (``variance``: :meth:`variance`, when already computed). Relative
+        threshold: float64 rounding of a constant input's variance."""
+        var = self.variance() if variance is None else variance
         scale = (self.cross.diagonal() / max(self.n_samples, 1)).clamp_min(1e-300)
         return var > 1e-12 * scale
+
+    @property
+    def any_active(self) -> bool:
+        """Did any input fire (or hold a nonzero value) on the calibration data?"""
+        return self.abs_sum is not None and bool((self.abs_sum > 0).any())
 
     def correlation(self) -> torch.Tensor:
         """Pearson correlation between input neurons over the samples;
@@ -151,8 +158,9 @@ class ActivityStats:
         n = self.n_samples
         mean = self.sum / n
         cov = self.cross / n - torch.outer(mean, mean)
-        ok = self.varying()
-        std = torch.where(ok, self.variance().sqrt(), torch.ones_like(mean))
+        var = self.variance()
+        ok = self.varying(var)
+        std = torch.where(ok, var.sqrt(), torch.ones_like(mean))
         corr = (cov / std.unsqueeze(0) / std.unsqueeze(1)).clamp_(-1.0, 1.0)
         corr[~ok] = 0
         corr[:, ~ok] = 0
@@ -160,49 +168,28 @@ class ActivityStats:
         return corr
 
 
-def _batchnorm_train_mode(model: nn.Module) -> list:
-    """Put BatchNorm layers in training mode (batch statistics, as in
-    training) with their running statistics saved, so the calibration pass
-    sees the activity training has without changing the model."""
+@contextlib.contextmanager
+def calibration_mode(model: nn.Module):
+    """Context for calibration forwards: no gradients, dropout off, and
+    BatchNorm on batch statistics, because eval-mode BatchNorm with untouched
+    running statistics silences every neuron after it. BatchNorm's running
+    statistics and every module's mode are restored on exit."""
+    was_training = model.training
+    model.eval()
     saved = []
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            buffers = {k: v.detach().clone() for k, v in m.named_buffers(recurse=False) if v is not None}
-            saved.append((m, m.training, buffers))
+            saved.append((m, {k: v.detach().clone() for k, v in m.named_buffers(recurse=False) if v is not None}))
             m.train()
-    return saved
-
-
-def _restore_batchnorm(saved: list) -> None:
-    with torch.no_grad():
-        for m, training, buffers in saved:
-            for k, v in buffers.items():
-                getattr(m, k).copy_(v)
-            m.train(training)
-
-
-class calibration_mode:
-    """Context for calibration forwards: no gradients, dropout off, and
-    BatchNorm on batch statistics (its running statistics restored after),
-    because eval-mode BatchNorm with untouched running statistics silences
-    every neuron after it. Restores the model's modes on exit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-        self.saved = _batchnorm_train_mode(self.model)
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.no_grad.__exit__(*exc)
-        _restore_batchnorm(self.saved)
-        self.model.train(self.was_training)
-        return False
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in saved:
+                for k, v in buffers.items():
+                    getattr(m, k).copy_(v)
+        model.train(was_training)
 
 
 def record_activity(

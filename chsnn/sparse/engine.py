@@ -172,9 +172,8 @@ class SparseEngine:
         self._handles: list = []
         # Spiking models take time-major input: calibration sums each sample's steps.
         self.spiking = bool(getattr(model, "spiking", False))
-        # Turnover bookkeeping: each layer's initial mask and the step it froze.
+        # Turnover bookkeeping: each layer's initial mask.
         self.initial_masks: dict[str, torch.Tensor] = {}
-        self.frozen_at: dict[str, int] = {}
         self.calibration = self._cache_calibration(calibration)
         missing = self._calibration_uses()
         if missing and self.calibration is None:
@@ -204,18 +203,18 @@ class SparseEngine:
         if loader is None:
             return None
         cfg = self.config
-        batches, samples = [], 0
+        batches, counts = [], []
         for batch in loader:
             batches.append(to_device(batch, self.device))
-            samples += self._batch_samples(batches[-1])
+            counts.append(self._batch_samples(batches[-1]))
             if len(batches) >= (cfg.calibration_batches or float("inf")):
                 break
-            if cfg.calibration_batches is None and samples >= cfg.calibration_samples:
+            if cfg.calibration_batches is None and sum(counts) >= cfg.calibration_samples:
                 break
         if not batches:
             raise ConfigError("the calibration loader yielded no batch; give it at least one batch of inputs")
         # Global sample counts per batch, so every process picks the same batches.
-        self._calibration_counts = self.sync.reduce_counts([self._batch_samples(b) for b in batches])
+        self._calibration_counts = self.sync.reduce_counts(counts)
         return batches
 
     def _batch_samples(self, batch) -> int:
@@ -341,8 +340,7 @@ class SparseEngine:
 
     def _warn_if_silent(self, t: SparseTarget, stats) -> None:
         """Calibration that sees no activity cannot inform the layer: say so."""
-        n_silent = int((stats.mean_abs == 0).sum())
-        if n_silent == t.n_in:
+        if not stats.any_active:
             warnings.warn(
                 f"{t.describe()}: none of its {t.n_in} inputs was active on the {self._calibration_size()} calibration samples, so "
                 f"init={self.config.init} falls back to a random topology and weight_init={self.config.weight_init} to the in-degree "
@@ -358,7 +356,7 @@ class SparseEngine:
         if t.kind == KERNEL:  # CHT-Conv: random per-kernel masks
             rows = torch.ones(t.numel // t.kernel_size, t.kernel_size, dtype=torch.bool, device=self.device)
             return select_top_per_row(None, rows, self._per_kernel(t, density), self.generator)
-        init = self.config.init if stats is not None and bool((stats.mean_abs > 0).any()) else "random"
+        init = self.config.init if stats is not None and stats.any_active else "random"
         if init == "csti_tiled":
             stats = self.input_stats
         return strategies.TOPOLOGY_INITS[init](t.n_out, t.n_in, self.target_links(t, density), stats, self.config, self.generator)
@@ -366,7 +364,7 @@ class SparseEngine:
     def _init_weights(self, t: SparseTarget, stats) -> None:
         mask2d = t.as_2d(getattr(t.module, MASK))
         std = strategies.WEIGHT_INITS[self.config.weight_init](self.config, t.n_in, mask2d, stats)
-        if self.config.weight_init == "sswi" and stats is not None and bool((stats.mean_abs > 0).any()):
+        if self.config.weight_init == "sswi" and stats is not None and stats.any_active:
             effective = mask2d.to(torch.float64) @ stats.second_moment.to(mask2d.device)
             fell_back = int(((effective <= 1e-12) & mask2d.any(1)).sum())
             if fell_back:
@@ -552,7 +550,6 @@ class SparseEngine:
             at_target = abs(density - (1.0 - cfg.sparsity)) < 1e-12
             if cfg.early_stop and at_target and rec["removed"] and rec["overlap"] > cfg.early_stop_overlap:
                 self.frozen.add(rec["name"])
-                self.frozen_at[rec["name"]] = step
                 rec["frozen"] = True
         self.sync.agree(self, active)
         record = {
@@ -764,6 +761,7 @@ class SparseEngine:
         (early stop; None if it never did), its updates and the
         removed/regrown overlap of each."""
         out = {}
+        frozen_at = {rec["name"]: r["step"] for r in self.records for rec in r["layers"] if rec["frozen"]}
         for t in self.targets:
             overlaps = [rec["overlap"] for r in self.records for rec in r["layers"] if rec["name"] == t.name and rec["removed"]]
             initial = self.initial_masks.get(t.name)
@@ -773,7 +771,7 @@ class SparseEngine:
                 turnover = 1.0 - kept / count(initial)
             out[t.name] = {
                 "turnover": turnover,
-                "frozen_at_step": self.frozen_at.get(t.name),
+                "frozen_at_step": frozen_at.get(t.name),
                 "updates": len(overlaps),
                 "overlaps": overlaps,
             }
@@ -804,7 +802,6 @@ class SparseEngine:
             "step": self.step_count,
             "n_updates": self.n_updates,
             "frozen": sorted(self.frozen),
-            "frozen_at": dict(self.frozen_at),
             "initial_masks": {k: v.detach().cpu().clone() for k, v in self.initial_masks.items()},
             "generator": self.generator.get_state(),
             "masks": {t.name: getattr(t.module, MASK).detach().cpu().clone() for t in self.targets} if self.sparse else {},
@@ -823,7 +820,6 @@ class SparseEngine:
         self.step_count = state["step"]
         self.n_updates = state["n_updates"]
         self.frozen = set(state["frozen"])
-        self.frozen_at = dict(state.get("frozen_at", {}))
         self.initial_masks = {k: v.to(self.device) for k, v in state.get("initial_masks", {}).items()}
         self.generator.set_state(state["generator"])
         for name, mask in state["masks"].items():
