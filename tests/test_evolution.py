@@ -200,3 +200,47 @@ def test_calibration_data_is_bounded_by_memory_for_large_event_frames(monkeypatc
     runner = training.Runner(cfg)
     assert runner.engine.config.calibration_batches == 4  # ceil(100 / 32)
     assert sum(x.shape[1] for x in runner.engine.calibration) == 128
+
+
+def test_initialisation_in_one_forward_equals_one_pass_per_layer(monkeypatch):
+    """A spiking MLP over several calibration batches: the one-forward
+    initialisation (each layer initialised as the pass reaches it) gives the
+    masks and weights of one partial pass per layer."""
+    from chsnn.models import build_model
+    from chsnn.sparse import engine as engine_module
+
+    g = torch.Generator().manual_seed(3)
+    parts = [(torch.rand(6, 32, 20, generator=g) < torch.rand(1, 32, 20, generator=g)).float() for _ in range(3)]
+
+    def build():
+        torch.manual_seed(0)
+        model = build_model("snn-mlp", (20,), 3, time_steps=6, hidden=[16, 16])
+        return SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.8, "seed": 0}, calibration=parts)
+
+    one = build()
+    monkeypatch.setattr(engine_module, "one_pass_budget", lambda device, training_bytes: 0)
+    per_layer = build()
+    assert one.init_passes == 1 and per_layer.init_passes == len(per_layer.targets) == 2
+    for t, u in zip(one.targets, per_layer.targets):
+        assert torch.equal(one.mask(t.name), per_layer.mask(u.name))
+        assert torch.allclose(t.weight, u.weight, atol=1e-6)
+    assert torch.allclose(one.input_stats.correlation(), per_layer.input_stats.correlation(), atol=1e-12)
+
+
+def test_a_layer_called_at_every_time_step_is_initialised_one_pass_per_layer():
+    """A model stepping through time in Python calls each layer T times per
+    forward: the one-forward initialisation cannot see a whole sample there."""
+
+    class Stepping(nn.Module):
+        spiking = True
+
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):  # (T, N, 12)
+            return torch.stack([self.out(torch.relu(self.fc2(torch.relu(self.fc1(step))))) for step in x]).mean(0)
+
+    x = torch.rand(4, 32, 12)
+    engine = SparseEngine(Stepping(), None, {"method": "chsnn", "sparsity": 0.8}, calibration=[x[:, :16], x[:, 16:]])
+    assert engine.trace.calls == {"fc1": 4, "fc2": 4} and engine.init_passes == 2

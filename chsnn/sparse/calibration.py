@@ -8,6 +8,7 @@ models are untouched. Spiking neurons' states are reset after every pass.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -80,6 +81,17 @@ def _input_dims(target: SparseTarget) -> int:
     if isinstance(m, nn.Conv1d):
         return 3
     return 2
+
+
+def layer_rows(t: SparseTarget, x: torch.Tensor, time_steps: int | None, correlate: bool):
+    """A layer input -> (per-step rows, per-sample rows or None, time-major?).
+    An input with one more dimension than a single-step batch and
+    ``time_steps`` first is time-major; its per-sample rows (spike counts
+    over the steps) are built only when they feed a correlation."""
+    time_major = bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
+    steps = presynaptic_features(t, x)
+    per_sample = presynaptic_features(t, x, time_major=True) if time_major and correlate else None
+    return steps, per_sample, time_major
 
 
 class _Stop(Exception):
@@ -217,10 +229,7 @@ def record_activity(
 
     def hook_for(t: SparseTarget):
         def hook(module, args):
-            x = args[0]
-            time_major = bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
-            steps = presynaptic_features(t, x)
-            per_sample = presynaptic_features(t, x, time_major=True) if time_major and correlate else None
+            steps, per_sample, time_major = layer_rows(t, args[0], time_steps, correlate)
             pending.setdefault(t.name, []).append((steps, per_sample))
             # A model stepping through time calls the layer again at the next
             # step: only a single call that carries every step can end the pass.
@@ -263,11 +272,43 @@ def record_activity(
     return stats
 
 
-def trace_order(model: nn.Module, batch, targets: list[SparseTarget], forward_fn: Callable) -> list[SparseTarget]:
-    """Targets in the order the forward pass first calls them; layers the
-    pass never reaches keep their registration order, at the end."""
+@dataclass
+class ForwardTrace:
+    """What one calibration forward showed: the targets in the order the
+    pass first calls them (layers it never reaches last, in registration
+    order), how often each is called, and per sample of the batch: the
+    largest tensor any module produced, and the sum of the leaf modules'
+    outputs (about what training keeps for the backward pass)."""
+
+    order: list[SparseTarget]
+    calls: dict[str, int]
+    peak_bytes_per_sample: float
+    total_bytes_per_sample: float
+
+
+def trace_forward(model: nn.Module, batch, targets: list[SparseTarget], forward_fn: Callable, samples: int) -> ForwardTrace:
+    """Run one calibration batch (``samples`` samples) and trace it."""
     seen: list[SparseTarget] = []
-    handles = [t.module.register_forward_pre_hook(lambda m, a, t=t: seen.append(t) if t not in seen else None) for t in targets]
+    calls = {t.name: 0 for t in targets}
+    peak = total = 0
+
+    def on_target(t):
+        def hook(module, args):
+            calls[t.name] += 1
+            if t not in seen:
+                seen.append(t)
+
+        return hook
+
+    def on_output(module, args, output):
+        nonlocal peak, total
+        if isinstance(output, torch.Tensor):
+            size = output.numel() * output.element_size()
+            peak = max(peak, size)
+            total += size if next(module.children(), None) is None else 0
+
+    handles = [t.module.register_forward_pre_hook(on_target(t)) for t in targets]
+    handles += [m.register_forward_hook(on_output) for m in model.modules()]
     try:
         with calibration_mode(model):
             forward_fn(model, batch)
@@ -275,4 +316,61 @@ def trace_order(model: nn.Module, batch, targets: list[SparseTarget], forward_fn
         reset_states(model)
         for h in handles:
             h.remove()
-    return seen + [t for t in targets if t not in seen]
+    order = seen + [t for t in targets if t not in seen]
+    samples = max(samples, 1)
+    return ForwardTrace(order, calls, peak / samples, total / samples)
+
+
+def progressive_pass(
+    model: nn.Module,
+    batch,
+    targets: list[SparseTarget],
+    forward_fn: Callable,
+    visit: Callable[[SparseTarget, ActivityStats], None],
+    correlate: Callable[[SparseTarget], bool],
+    spiking: bool = False,
+    chunk: int = 256,
+) -> list[SparseTarget]:
+    """One calibration forward that pauses at each target's input.
+
+    At a target, ``visit(target, stats)`` gets the layer's input activity
+    over the whole batch and may rewrite the layer's mask and weights before
+    the layer runs, so each later layer sees the layers before it as they
+    were just initialised: the per-layer passes of :func:`record_activity`
+    with ``stop_after`` in one forward. Every target must be called once per
+    forward (time-major input). Activity is gathered ``chunk`` samples at a
+    time. The pass ends after the last target; the targets it visited are
+    returned, in order."""
+    x = batch_input(batch)
+    time_steps = x.shape[0] if spiking and isinstance(x, torch.Tensor) and x.dim() > 1 else None
+    visited: list[SparseTarget] = []
+
+    def hook_for(t: SparseTarget):
+        def hook(module, args):
+            x = args[0]
+            time_major = bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
+            stats = ActivityStats(t.n_in, correlate(t))
+            # In chunks of samples, so im2col patches take no more memory than a batch's.
+            for part in x.split(chunk, dim=1 if time_major else 0):
+                steps, per_sample, _ = layer_rows(t, part, time_steps, correlate(t))
+                stats.add(steps, per_sample)
+            visit(t, stats)
+            visited.append(t)
+            if len(visited) == len(targets):
+                raise _Stop
+
+        return hook
+
+    handles = [t.module.register_forward_pre_hook(hook_for(t)) for t in targets]
+    try:
+        with calibration_mode(model):
+            try:
+                forward_fn(model, batch)
+            except _Stop:
+                pass
+            finally:
+                reset_states(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return visited

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from chsnn import linkpred
-from chsnn.sparse.calibration import batch_input, record_activity, to_device, trace_order
+from chsnn.sparse.calibration import ActivityStats, batch_input, progressive_pass, record_activity, to_device, trace_forward
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.hebb import HebbRule
 from chsnn.sparse import strategies
@@ -45,6 +45,10 @@ from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
 from chsnn.sparse.targets import KERNEL, LINEAR, SparseTarget, find_targets
 
 MASK = "weight_mask"
+# Initialisation in one forward over all calibration samples when its
+# largest tensor, times LIVE_TENSORS alive at once, fits this budget.
+ONE_PASS_BYTES = 2 << 30
+LIVE_TENSORS = 4
 MASK_F = "weight_mask_f"  # the same mask in the weight's dtype: multiplying by it is ~8x faster than by a bool
 _STATE_VERSION = 1
 # Optimizers whose step leaves a weight at exactly 0 when its gradient and its
@@ -89,6 +93,17 @@ class EngineSync:
         """After a decision (a layer's initial topology, a topology update):
         make every process hold one process's masks, weights and optimizer
         state of ``targets``, and its engine RNG and frozen layers."""
+
+
+def one_pass_budget(device: torch.device, training_bytes: float) -> float:
+    """Memory a one-forward initialisation may take: ``ONE_PASS_BYTES``, or
+    what a training step keeps for its backward pass (``training_bytes``)
+    when that is more; on a GPU no more than half of its free memory."""
+    budget = max(ONE_PASS_BYTES, training_bytes)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = min(budget, free // 2)
+    return budget
 
 
 def _default_forward(model: nn.Module, batch):
@@ -181,7 +196,10 @@ class SparseEngine:
                 f"method {cfg.method!r} needs calibration batches for {', '.join(missing)}: pass calibration=<a loader of input batches>, "
                 "or switch those stages to their baselines (init=random, weight_init=kaiming, removal=magnitude)"
             )
-        self.targets = trace_order(model, self.calibration[0], targets, self.forward_fn) if self.calibration else targets
+        self.trace = None
+        if self.calibration:
+            self.trace = trace_forward(model, self.calibration[0], targets, self.forward_fn, self._calibration_counts[0])
+        self.targets = self.trace.order if self.trace else targets
         self.by_name = {t.name: t for t in self.targets}
         self.row_groups = self._resolve_row_groups(row_groups or {})
         self.chains = self._resolve_chains()
@@ -313,30 +331,67 @@ class SparseEngine:
     def _initialise(self) -> None:
         """Topology (random / SSCTI / CSTI) and weights (keep / Kaiming / SWI
         / SSWI), layer by layer in forward order so each layer's calibration
-        input already reflects the sparse layers before it."""
+        input already reflects the sparse layers before it: in one forward
+        over all calibration samples when it fits in memory, else in one
+        (partial) pass per layer."""
         cfg = self.config
-        density = cfg.density_at(0)
-        correlated = cfg.init in strategies.CORRELATED_INITS
         self.input_stats = None  # the first sparse layer's, for csti_tiled
-        for t in self.targets:
-            stats = None
-            if self.calibration and (correlated or cfg.weight_init == "sswi"):
-                correlate = correlated and t.kind == LINEAR
+        self.init_passes = 0  # calibration forwards the initialisation ran
+        if not (self.calibration and (cfg.init in strategies.CORRELATED_INITS or cfg.weight_init == "sswi")):
+            for t in self.targets:
+                self._initialise_layer(t, None)
+            return
+        combined = self._one_pass_batch()
+        if combined is None:
+            for t in self.targets:
                 stats = record_activity(
-                    self.model, self.calibration, [t], self.forward_fn, correlate=correlate, stop_after=t, spiking=self.spiking
+                    self.model, self.calibration, [t], self.forward_fn, correlate=self._correlates(t), stop_after=t, spiking=self.spiking
                 )
-                self.sync.reduce_activity(stats, self.generator)
-                stats = stats[t.name]
-                self._warn_if_silent(t, stats)
-                if self.input_stats is None and correlate:
-                    self.input_stats = stats
-            mask = self._initial_mask(t, density, stats)
-            with torch.no_grad():
-                self._set_mask(t, mask)
-                self._init_weights(t, stats)
-                self._zero_optimizer_state(t, ~getattr(t.module, MASK))
-                self.sync.agree(self, [t])
-            self.initial_masks[t.name] = getattr(t.module, MASK).detach().clone()
+                self._initialise_layer(t, self._reduced(t, stats[t.name]))
+            self.init_passes = len(self.targets)
+            return
+        chunk = self._calibration_counts[0]
+        visited = progressive_pass(self.model, combined, self.targets, self.forward_fn, self._initialise_seen, self._correlates, self.spiking, chunk)
+        self.init_passes = 1
+        for t in self.targets:  # layers the forward never reaches: no activity
+            if t not in visited:
+                self._initialise_layer(t, self._reduced(t, ActivityStats(t.n_in, self._correlates(t))))
+
+    def _initialise_seen(self, t: SparseTarget, stats: ActivityStats) -> None:
+        self._initialise_layer(t, self._reduced(t, stats))
+
+    def _correlates(self, t: SparseTarget) -> bool:
+        return self.config.init in strategies.CORRELATED_INITS and t.kind == LINEAR
+
+    def _one_pass_batch(self):
+        """All calibration inputs as one batch, when a forward over it stays
+        within :func:`one_pass_budget` (estimated from the traced forward's
+        largest tensor) and every sparse layer runs once per forward; else None."""
+        if not all(isinstance(b, torch.Tensor) for b in self.calibration) or any(n > 1 for n in self.trace.calls.values()):
+            return None
+        estimate = LIVE_TENSORS * self.trace.peak_bytes_per_sample * self._calibration_size()
+        if estimate > one_pass_budget(self.device, self.trace.total_bytes_per_sample * self._calibration_counts[0]):
+            return None
+        dim = 1 if self.spiking and self.calibration[0].dim() > 1 else 0
+        return torch.cat(self.calibration, dim=dim) if len(self.calibration) > 1 else self.calibration[0]
+
+    def _reduced(self, t: SparseTarget, stats: ActivityStats) -> ActivityStats:
+        """The layer's activity summed over the processes, checked for silence."""
+        self.sync.reduce_activity({t.name: stats}, self.generator)
+        self._warn_if_silent(t, stats)
+        return stats
+
+    def _initialise_layer(self, t: SparseTarget, stats: ActivityStats | None) -> None:
+        density = self.config.density_at(0)
+        if self.input_stats is None and stats is not None and stats.correlate:
+            self.input_stats = stats
+        mask = self._initial_mask(t, density, stats)
+        with torch.no_grad():
+            self._set_mask(t, mask)
+            self._init_weights(t, stats)
+            self._zero_optimizer_state(t, ~getattr(t.module, MASK))
+            self.sync.agree(self, [t])
+        self.initial_masks[t.name] = getattr(t.module, MASK).detach().clone()
 
     def _warn_if_silent(self, t: SparseTarget, stats) -> None:
         """Calibration that sees no activity cannot inform the layer: say so."""
