@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import importlib
 import os
 import signal
 import time
@@ -142,7 +143,9 @@ def init(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> None:
     # keeps a reference to it that outlives destroy_process_group(), so gloo's
     # worker threads live into interpreter shutdown and can abort it
     # ("terminate called without an active exception"). Imported first, it does not.
-    import torch._dynamo  # noqa: F401
+    # (importlib: an `import torch._dynamo` here would make `torch` a local
+    # name of this function, unbound at the set_device call above.)
+    importlib.import_module("torch._dynamo")
 
     with guard("joining the process group"):
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=_timeout))

@@ -267,3 +267,16 @@ def test_precision_errors(tmp_path, capsys):
     assert code == 2 and "valid precisions are fp32, bf16, fp16" in capsys.readouterr().err
     code = main(["train", "--smoke", "--data", "ndigits", "--set", "dist_timeout=0", "--out", str(tmp_path / "c"), "--quiet"])
     assert code == 2 and "dist_timeout" in capsys.readouterr().err
+
+
+def test_joining_on_a_cuda_device_makes_it_the_current_one(monkeypatch):
+    """The CUDA branch of ``init`` runs without a GPU: set_device and the
+    process group are stand-ins that record their calls."""
+    from chsnn import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "_timeout", distributed._timeout)  # restored after the test
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, timeout: calls.append(("init", backend)))
+    distributed.init(torch.device("cuda", 1), timeout=5)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
