@@ -50,19 +50,18 @@ import io
 import json
 import math
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from chsnn.checkpoint import load_checkpoint
+# The run's model is rebuilt by chsnn.rundir (no Runner, data or engine); its
+# names stay importable from here.
+from chsnn.rundir import CHECKPOINT_HELP, LoadedRun, build_from_spec, load_run, model_spec, split_state  # noqa: F401
 
 FORMATS = ("torch", "sparse", "nir")
-CHECKPOINTS = ("best", "latest")
 SUFFIXES = {"torch": ".pt", "sparse": ".npz", "nir": ".nir"}
-MASK_KEYS = ("weight_mask", "weight_mask_f")  # chsnn.sparse.engine.MASK, MASK_F
 NIR_DT = 1e-4  # seconds per time step in the NIR graphs (SpikingJelly's and most NIR tools' default)
 NIR_MODELS = "snn-mlp (spikingjelly and snntorch backends), snn-cnn with pool: avg"
 SPARSE_FORMAT = "chsnn-sparse"
@@ -72,164 +71,6 @@ TORCH_FORMAT = "chsnn-torch-state-dict"
 
 class ExportError(ValueError):
     """An export that cannot be made (the CLI prints it as ``chsnn export: error: ...``)."""
-
-
-# Loading a run ------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedRun:
-    """A checkpoint's model with its masks applied, in eval mode on the CPU."""
-
-    model: nn.Module
-    masks: dict[str, torch.Tensor]  # module name -> bool mask of its weight's shape
-    spec: dict  # build_model arguments: model, input_shape, n_classes, time_steps, options
-    config: dict  # the run's resolved config
-    checkpoint: Path
-
-
-def model_spec(model: nn.Module) -> dict:
-    """What :func:`build_from_spec` needs to rebuild ``model`` (JSON-ready)."""
-    return {
-        "model": model.model_name,
-        "input_shape": list(model.input_shape),
-        "n_classes": int(model.n_classes),
-        "time_steps": model.time_steps,
-        "options": _jsonable(dict(model.options)),
-        "spiking": bool(getattr(model, "spiking", False)),
-    }
-
-
-def build_from_spec(spec: dict) -> nn.Module:
-    from chsnn.models import build_model
-
-    model = build_model(spec["model"], tuple(spec["input_shape"]), spec["n_classes"], time_steps=spec.get("time_steps"), **spec.get("options", {}))
-    return model.eval()
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    return value
-
-
-def find_checkpoint(run_dir, checkpoint: str = "latest") -> Path:
-    """``run_dir/best.pt`` or ``latest.pt``, or an error saying what is there."""
-    run_dir = Path(run_dir)
-    if checkpoint not in CHECKPOINTS:
-        raise ExportError(f"unknown checkpoint {checkpoint!r}; choose one of: {', '.join(CHECKPOINTS)}")
-    if not run_dir.exists():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir} is not a directory; give a chsnn run directory (written by `chsnn train --out DIR`)")
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        present = [n for n in ("best.pt", "latest.pt") if (run_dir / n).is_file()]
-        if present:
-            raise FileNotFoundError(f"{run_dir} has no {path.name}; it has {', '.join(present)} (use --checkpoint {present[0][:-3]})")
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint (best.pt or latest.pt); is it a chsnn run directory?")
-    return path
-
-
-def _run_config(run_dir: Path, ckpt: dict) -> dict:
-    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if isinstance(cfg, dict):
-        return cfg
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ExportError(f"{run_dir}: the checkpoint holds no config and there is no config.yaml")
-    import yaml
-
-    return yaml.safe_load(path.read_text())
-
-
-def split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(the state with masks applied and mask buffers dropped, {module: bool mask})."""
-    masks = {}
-    for key, value in state.items():
-        module, _, name = key.rpartition(".")
-        if name == MASK_KEYS[0]:
-            masks[module] = value.detach().to("cpu", torch.bool)
-    clean = {}
-    for key, value in state.items():
-        module, _, name = key.rpartition(".")
-        if name in MASK_KEYS:
-            continue
-        value = value.detach().cpu()
-        if name == "weight" and module in masks:
-            value = torch.where(masks[module], value, torch.zeros((), dtype=value.dtype))  # +0.0 where pruned
-        clean[key] = value
-    return clean, masks
-
-
-def _shape_guess(cfg: dict):
-    """(input_shape, n_classes) from the data spec without loading the data, or None."""
-    from chsnn.data import DATASET_SHAPES
-    from chsnn.data.registry import parse_spec
-
-    try:
-        name, _ = parse_spec(str(cfg["data"]))
-    except Exception:
-        return None
-    options = cfg.get("data_options") or {}
-    if name == "random":
-        from chsnn.data.synthetic import RANDOM_DEFAULTS
-
-        shape = options.get("input_shape", RANDOM_DEFAULTS["input_shape"])
-        shape = [shape] if isinstance(shape, int) else list(shape)
-        return shape, int(options.get("n_classes", RANDOM_DEFAULTS["n_classes"]))
-    if name in DATASET_SHAPES:
-        shape, n_classes, _ = DATASET_SHAPES[name]
-        return list(shape), n_classes
-    return None
-
-
-def _shape_from_data(cfg: dict):
-    from chsnn.data import load_dataset
-
-    options = dict(cfg.get("data_options") or {})
-    options.setdefault("seed", cfg.get("seed", 0))
-    options.setdefault("time_steps", cfg.get("time_steps"))
-    data = load_dataset(cfg["data"], **options)
-    return list(data.input_shape), int(data.n_classes)
-
-
-def load_run(run_dir, checkpoint: str = "latest") -> LoadedRun:
-    """Rebuild a run's model from its checkpoint (``build_model`` from the
-    run's config), load the weights with the masks applied, eval mode.
-
-    The input shape comes from the data set's known shape (no data is read);
-    for data of no fixed shape (``npz:FILE``) the data set is loaded once."""
-    from chsnn.models import build_model
-
-    path = find_checkpoint(run_dir, checkpoint)
-    ckpt = load_checkpoint(path)  # weights_only=True: no code from the checkpoint runs
-    cfg = _run_config(Path(run_dir), ckpt)
-    clean, masks = split_state(ckpt["model"])
-
-    def attempt(shape_classes):
-        shape, n_classes = shape_classes
-        model = build_model(cfg["model"], tuple(shape), n_classes, time_steps=cfg.get("time_steps"), **(cfg.get("model_options") or {}))
-        model.load_state_dict(clean, strict=True)
-        return model
-
-    guess = _shape_guess(cfg)
-    model = None
-    if guess is not None:
-        try:
-            model = attempt(guess)
-        except (RuntimeError, ValueError):
-            model = None
-    if model is None:
-        model = attempt(_shape_from_data(cfg))
-    model.eval()
-    return LoadedRun(model, masks, model_spec(model), cfg, path)
 
 
 # Forward order ----------------------------------------------------------------------
@@ -773,10 +614,11 @@ _WRITERS = {"torch": save_torch, "sparse": save_sparse, "nir": save_nir}
 
 
 def default_export_path(run_dir, fmt: str, checkpoint: str) -> Path:
+    """``run_dir/export/model-CHECKPOINT.SUFFIX`` (``checkpoint``: latest or best)."""
     return Path(run_dir) / "export" / f"model-{checkpoint}{SUFFIXES[fmt]}"
 
 
-def export_run(run_dir, fmt: str, out=None, checkpoint: str = "latest") -> dict:
+def export_run(run_dir, fmt: str, out=None, checkpoint: str | None = None) -> dict:
     """Export a run's checkpoint; returns what was written.
 
     Args:
@@ -784,7 +626,8 @@ def export_run(run_dir, fmt: str, out=None, checkpoint: str = "latest") -> dict:
         fmt: ``torch``, ``sparse`` or ``nir`` (see the module docstring).
         out: the file to write, or a directory to put it in (default
             ``run_dir/export/model-{checkpoint}{.pt,.npz,.nir}``).
-        checkpoint: ``latest`` (default, the final model) or ``best``.
+        checkpoint: ``latest`` or ``best``; default: the run directory's
+            default, latest, the final model (see :class:`chsnn.rundir.RunDir`).
 
     Returns ``{"format", "path", "bytes", "dense_bytes", "ratio", "model",
     "checkpoint", "sparsity", ...}``: ``bytes`` is the written file's size,
@@ -801,12 +644,13 @@ def export_run(run_dir, fmt: str, out=None, checkpoint: str = "latest") -> dict:
     run = load_run(run_dir, checkpoint)
     if fmt == "nir":
         to_nir(run.model)  # fail on unsupported models before writing anything
+    default_path = default_export_path(run_dir, fmt, run.checkpoint.stem)
     if out is None:
-        path = default_export_path(run_dir, fmt, checkpoint)
+        path = default_path
     else:
         path = Path(out)
         if path.is_dir() or str(out).endswith(("/", "\\")):
-            path = path / default_export_path(run_dir, fmt, checkpoint).name
+            path = path / default_path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = _WRITERS[fmt](run, path)
     size, dense = path.stat().st_size, dense_state_bytes(run.model)
@@ -872,7 +716,7 @@ def add_export_command(sub) -> None:
     p.add_argument("--format", dest="format", required=True, metavar="{torch,sparse,nir}",
                    help="torch: masked state dict (.pt + .json spec); sparse: CSR .npz; nir: Neuromorphic Intermediate Representation (.nir)")
     p.add_argument("--out", help="file or directory to write (default: RUN_DIR/export/model-CHECKPOINT.{pt,npz,nir})")
-    p.add_argument("--checkpoint", default="latest", metavar="{latest,best}", help="which checkpoint to export (default: latest, the final model; best is the epoch with the best test accuracy)")
+    p.add_argument("--checkpoint", metavar="{latest,best}", help=CHECKPOINT_HELP)
     p.set_defaults(func=_export_command)
 
 

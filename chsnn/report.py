@@ -20,12 +20,13 @@ import html
 import io
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from chsnn.rundir import CONFIG, METRICS, SUMMARY, RunDir, atomic_write, read_json
 
 OVERLAP_STOP = 0.9  # removal/regrowth overlap at which a layer's topology stops evolving
 POWER_LAW_R2 = 0.8  # least R^2 of the log-log fit called a power law
@@ -46,61 +47,17 @@ FIGURE_IDS = [f for f, _ in FIGURES]
 # Loading a run ---------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def check_run_dir(run_dir) -> Path:
     """The run directory, or a clear error saying why it is not one."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(f"{run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a directory; give a chsnn run directory (written by `chsnn train --out DIR`)")
-    marks = [n for n in ("summary.json", "config.yaml", "metrics.jsonl", "latest.pt", "best.pt") if (run_dir / n).is_file()]
+    run = RunDir(run_dir).require()
+    marks = [n for n in (SUMMARY, CONFIG, METRICS, "latest.pt", "best.pt") if run.file(n).is_file()]
     if not marks:
-        raise ValueError(f"{run_dir} is not a chsnn run directory: it holds none of summary.json, config.yaml, metrics.jsonl, latest.pt, best.pt")
-    for need in ("summary.json",):
-        if not (run_dir / need).is_file():
-            raise FileNotFoundError(f"{run_dir} has no {need}; did its training finish? (`chsnn train --resume --out {run_dir}`)")
-    if not any((run_dir / n).is_file() for n in ("latest.pt", "best.pt")):
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint (latest.pt or best.pt)")
-    return run_dir
-
-
-def _load_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-    return rows
-
-
-def _load_checkpoint(run_dir: Path) -> tuple[dict, str]:
-    from chsnn.checkpoint import load_checkpoint
-
-    # The final state (what summary.json describes); best.pt when latest.pt is
-    # absent. A damaged latest.pt is an error, not a silent switch to best.pt.
-    for name in ("latest.pt", "best.pt"):
-        if (run_dir / name).is_file():
-            return load_checkpoint(run_dir / name), name
-    raise FileNotFoundError(f"{run_dir} holds no checkpoint (latest.pt or best.pt)")
+        raise ValueError(f"{run.path} is not a chsnn run directory: it holds none of summary.json, config.yaml, metrics.jsonl, latest.pt, best.pt")
+    if not run.file(SUMMARY).is_file():
+        raise FileNotFoundError(f"{run.path} has no {SUMMARY}; did its training finish? (`chsnn train --resume --out {run.path}`)")
+    if not run.checkpoints():
+        raise FileNotFoundError(f"{run.path} holds no checkpoint (latest.pt or best.pt)")
+    return run.path
 
 
 class _Progress(list):
@@ -124,12 +81,12 @@ def _account(run_dir: Path, ckpt: dict, pj_per_ac: float, pj_per_mac: float) -> 
     import torch
 
     from chsnn.energy import account_energy
-    from chsnn.train import Runner, _restore
+    from chsnn.trainer import Runner
 
     runner = Runner(ckpt["config"])
-    _restore(runner, ckpt)
+    runner.restore(ckpt)
     batches = _Progress(
-        [runner.prepare(x) for x, _ in runner._batches(runner.data.test, runner.cfg["eval_batch_size"], epoch=-1)],
+        [runner.prepare(x) for x, _ in runner.batches(runner.data.test, runner.cfg["eval_batch_size"], epoch=-1)],
         desc=f"energy {run_dir.name}",
     )
     model = runner.model
@@ -475,10 +432,12 @@ def render_report(run_dir, pj_per_ac: float | None = None, pj_per_mac: float | N
 
     pj_per_ac = PJ_PER_AC if pj_per_ac is None else float(pj_per_ac)
     pj_per_mac = PJ_PER_MAC if pj_per_mac is None else float(pj_per_mac)
-    run_dir = check_run_dir(run_dir)
-    summary = _read_json(run_dir / "summary.json")
-    metrics = _load_metrics(run_dir)
-    ckpt, ckpt_name = _load_checkpoint(run_dir)
+    run = RunDir(check_run_dir(run_dir))
+    run_dir = run.path
+    summary = run.summary()
+    metrics = run.metrics()
+    checkpoint = run.checkpoint()  # the default: latest.pt, the model summary.json describes
+    ckpt, ckpt_name = checkpoint.state, checkpoint.name
     engine_state = ckpt.get("engine") or {}
     records = engine_state.get("records") or []
     masks = engine_state.get("masks") or {}
@@ -531,12 +490,12 @@ def render_report(run_dir, pj_per_ac: float | None = None, pj_per_mac: float | N
 
     out_dir = run_dir / "report"
     out_dir.mkdir(exist_ok=True)
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=2, default=_json_default) + "\n")
-    _atomic_write(out_dir / "report.md", _report_md(report))
-    _atomic_write(out_dir / "index.html", _report_html(report, figs, notes))
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    atomic_write(out_dir / "report.md", _report_md(report))
+    atomic_write(out_dir / "index.html", _report_html(report, figs, notes))
     summary["sops_per_sample"] = totals.get("sops")
     summary["energy_pj_per_sample"] = totals.get("energy_pj")
-    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    run.write_text(SUMMARY, json.dumps(summary, indent=2) + "\n")
     return report
 
 
@@ -679,7 +638,7 @@ def _report_html(report: dict, figs: dict, notes: dict) -> str:
 def _load_or_render(run_dir: Path, pj_per_ac, pj_per_mac, rerender: bool) -> dict:
     path = run_dir / "report" / "report.json"
     if not rerender and path.is_file():
-        report = _read_json(path)
+        report = read_json(path)
         ckpts = [run_dir / n for n in ("latest.pt", "best.pt") if (run_dir / n).is_file()]
         c = report.get("constants", {})
         fresh = all(p.stat().st_mtime <= path.stat().st_mtime for p in ckpts)
@@ -750,9 +709,9 @@ def render_comparison(run_dirs, out_dir, pj_per_ac: float | None = None, pj_per_
     explained = _explanations(reports)
     figure = _comparison_figure(rows)
     result = {"runs": rows, "sops_explained": explained, "constants": reports[0].get("constants")}
-    _atomic_write(out_dir / "comparison.json", json.dumps(result, indent=2, default=_json_default) + "\n")
-    _atomic_write(out_dir / "comparison.md", _comparison_md(result))
-    _atomic_write(out_dir / "comparison.html", _comparison_html(result, figure))
+    atomic_write(out_dir / "comparison.json", json.dumps(result, indent=2, default=_json_default) + "\n")
+    atomic_write(out_dir / "comparison.md", _comparison_md(result))
+    atomic_write(out_dir / "comparison.html", _comparison_html(result, figure))
     return result
 
 
