@@ -357,9 +357,9 @@ def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", ri
 
 
 def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float], title: str) -> str | None:
-    from chsnn.report import _plt, _svg
+    from chsnn.report.figures import inline_svg, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     if plt is None or not sparsities:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -382,13 +382,13 @@ def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float]
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _svg(fig)
+    return inline_svg(fig)
 
 
 def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | None:
-    from chsnn.report import _plt, _svg
+    from chsnn.report.figures import inline_svg, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     by = {r["label"]: r for r in rows if r["group"] == "ablation"}
     pts = [by[lab] for lab in labels if lab in by]
     if plt is None or not pts:
@@ -402,7 +402,7 @@ def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | No
     ax.set_xlabel("final test accuracy (mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _svg(fig)
+    return inline_svg(fig)
 
 
 def standalone_svg(inline: str) -> str:
