@@ -3,6 +3,7 @@
 A run directory is something people download and share, so a checkpoint is
 never unpickled freely: every command that reads one (``chsnn eval``,
 ``export``, ``report``, ``train --resume``) goes through
+:meth:`chsnn.rundir.RunDir.checkpoint` (which picks the file) and
 :func:`load_checkpoint`, which calls ``torch.load(..., weights_only=True)``.
 That unpickler only builds tensors and plain data (dicts, lists, tuples,
 strings, numbers, None), which is all a chsnn checkpoint holds: the model,
@@ -75,20 +76,3 @@ def load_checkpoint(path, training: bool = False) -> dict:
         if missing:
             raise CheckpointError(f"{path} cannot be resumed from: it lacks {', '.join(missing)}")
     return ckpt
-
-
-def load_first(run_dir, names=("best.pt", "latest.pt"), training: bool = False) -> tuple[dict, str]:
-    """The first of ``names`` in ``run_dir`` that loads; a damaged one is
-    skipped when a later one loads. Raises when none is there or none loads
-    (naming each file and its fault)."""
-    run_dir = Path(run_dir)
-    faults = []
-    for name in names:
-        if (run_dir / name).is_file():
-            try:
-                return load_checkpoint(run_dir / name, training=training), name
-            except CheckpointError as exc:
-                faults.append(str(exc))
-    if not faults:
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint ({' or '.join(names)}); is it a chsnn run directory?")
-    raise CheckpointError("; ".join(faults))

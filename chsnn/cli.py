@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from chsnn.export import add_export_command
     from chsnn.report import add_report_command
     from chsnn.sweep import add_sweep_command
-    from chsnn.train import add_commands
+    from chsnn.commands import add_commands
 
     add_commands(sub)
     add_report_command(sub)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chsnn {args.command}: error: {exc.filename or ''}: {exc.strerror or exc} (permission denied)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C: no traceback; train has said where its state is
-        from chsnn.train import RunInterrupted
+        from chsnn.trainer import RunInterrupted
 
         if not isinstance(exc, RunInterrupted):
             print(f"\nchsnn {args.command}: interrupted", file=sys.stderr)

@@ -53,10 +53,6 @@ Design
   lost contact with the other ranks ...") instead of waiting forever: gloo
   raises on a closed connection at once, and on a silent peer after the
   timeout. (NCCL's watchdog aborts the process after the timeout instead.)
-
-``CHSNN_TEST_FAULT=RANK:STEP:MODE`` is a test hook: rank RANK, after optimizer
-step STEP, dies (``kill``: SIGKILL itself; ``exit``: exit code 3) or hangs
-(``hang``).
 """
 
 from __future__ import annotations
@@ -66,8 +62,6 @@ import datetime
 import hashlib
 import importlib
 import os
-import signal
-import time
 from typing import Iterable
 
 import torch
@@ -77,7 +71,6 @@ from chsnn.sparse.engine import MASK, MASK_F, EngineSync
 
 DEFAULT_TIMEOUT = 300.0
 TIMEOUT_ENV = "CHSNN_DIST_TIMEOUT"
-FAULT_ENV = "CHSNN_TEST_FAULT"
 
 _timeout = DEFAULT_TIMEOUT
 
@@ -500,38 +493,3 @@ class DistributedSync(EngineSync):
         broadcast_(rng, self.src, what)
         engine.generator.set_state(rng)
         engine.frozen = set(broadcast_object(sorted(engine.frozen), self.src, what))
-
-
-# Test hook ----------------------------------------------------------------------------
-
-
-def fault_point(step: int, model=None) -> None:
-    """``CHSNN_TEST_FAULT=RANK:STEP:MODE``: on rank RANK after step STEP,
-    ``kill`` (SIGKILL itself), ``exit`` (exit code 3), ``hang``, ``sigint``
-    (Ctrl-C) or ``nan`` (every weight of ``model`` becomes NaN, as a
-    diverging step would leave it)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    try:
-        r, s, mode = spec.split(":")
-        r, s = int(r), int(s)
-    except ValueError:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected RANK:STEP:MODE, e.g. 1:2:kill") from None
-    if r != rank() or s != step:
-        return
-    if mode == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif mode == "exit":
-        os._exit(3)
-    elif mode == "hang":
-        time.sleep(3600)
-    elif mode == "nan" and model is not None:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.fill_(float("nan"))
-    elif mode == "sigint":  # as Ctrl-C would
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # the signal arrives at the next bytecode; never get past here without it
-    else:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: MODE must be kill, exit, hang, sigint or nan")

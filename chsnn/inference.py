@@ -8,7 +8,7 @@ turns a trained ``snn-mlp`` (SpikingJelly backend) into a
 outputs equal the dense masked model's, up to float rounding (the sums run in
 another order)::
 
-    from chsnn.export import load_run
+    from chsnn.rundir import load_run
     from chsnn.inference import to_sparse_inference
 
     run = load_run("runs/snn-mlp_ndigits_chsnn_s0.95_seed0")
@@ -232,7 +232,7 @@ def to_sparse_inference(model: nn.Module, masks: dict[str, torch.Tensor] | None 
 
     Args:
         model: a ``chsnn.models`` ``snn-mlp`` with ``backend: spikingjelly``
-            (e.g. ``chsnn.export.load_run(run_dir).model``, or
+            (e.g. ``chsnn.rundir.load_model(run_dir)``, or
             ``load_export(file)`` of a torch or sparse export).
         masks: ``{module name: bool mask}`` of the sparse layers (default:
             the model's ``weight_mask`` buffers if an engine is attached, else

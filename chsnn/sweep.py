@@ -122,7 +122,7 @@ def _check_variants(path, key, variants) -> None:
 def _comparable(cfg: dict) -> dict:
     """The parts of a config that decide what a run computes (a data path as
     the absolute path it names: runs store it resolved, older ones did not)."""
-    from chsnn.train import resolve_data_path
+    from chsnn.config import resolve_data_path
 
     out = {k: v for k, v in cfg.items() if k not in ("description", "results", "default", "config_source")}
     if isinstance(out.get("data"), str):
@@ -133,7 +133,7 @@ def _comparable(cfg: dict) -> dict:
 def plan_runs(grid: dict) -> list[Run]:
     """All runs of the grid, each once (a variant shared by the method table
     and the ablation, e.g. ``chsnn`` at 0.95, is one run)."""
-    from chsnn.train import merge, resolve_config, validate_config
+    from chsnn.config import merge, resolve_config, validate_config
 
     out = Path(grid["out"])
     base = merge(resolve_config(grid["config"], {}, []), grid["set"])
@@ -178,7 +178,7 @@ def check_reusable(run: Run) -> None:
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    from chsnn.train import DEFAULTS
+    from chsnn.config import DEFAULTS
 
     saved = yaml.safe_load(saved_path.read_text()) or {}
     # A key added to the config since that run was trained counts as its default.
@@ -357,9 +357,9 @@ def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", ri
 
 
 def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float], title: str) -> str | None:
-    from chsnn.report import _plt, _svg
+    from chsnn.report.figures import inline_svg, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     if plt is None or not sparsities:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -382,13 +382,13 @@ def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float]
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _svg(fig)
+    return inline_svg(fig)
 
 
 def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | None:
-    from chsnn.report import _plt, _svg
+    from chsnn.report.figures import inline_svg, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     by = {r["label"]: r for r in rows if r["group"] == "ablation"}
     pts = [by[lab] for lab in labels if lab in by]
     if plt is None or not pts:
@@ -402,7 +402,7 @@ def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | No
     ax.set_xlabel("final test accuracy (mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _svg(fig)
+    return inline_svg(fig)
 
 
 def standalone_svg(inline: str) -> str:

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from chsnn.bench import machine_description, markdown_table, write_section
-from chsnn.train import resolve_config, train
+from chsnn.commands import train
+from chsnn.config import resolve_config
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import faults
 import pytest
 import torch
 from torch import nn
@@ -30,13 +31,15 @@ TINY = [
 
 def _env(**extra) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop(distributed.FAULT_ENV, None)
+    env.pop(faults.FAULT_ENV, None)
     env.update(extra)
     return env
 
 
 def torchrun(args: list[str], cwd, timeout: float = 120, **env) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "chsnn", *args]
+    # With a fault to inject, the ranks run chsnn through the test's fault script.
+    chsnn = [str(faults.SCRIPT)] if faults.FAULT_ENV in env else ["-m", "chsnn"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *chsnn, *args]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - t0
@@ -99,7 +102,7 @@ def test_hung_rank_fails_with_a_clear_message_under_torchrun(tmp_path):
     why, and torchrun ends the run non-zero (no hang)."""
     out = tmp_path / "hung"
     proc, seconds = torchrun(
-        ["train", *TINY, "--max-steps", "6", "--quiet", "--out", str(out), "--set", "dist_timeout=4"], tmp_path, timeout=90, **{distributed.FAULT_ENV: "1:2:hang"}
+        ["train", *TINY, "--max-steps", "6", "--quiet", "--out", str(out), "--set", "dist_timeout=4"], tmp_path, timeout=90, **{faults.FAULT_ENV: "1:2:hang"}
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text
@@ -112,8 +115,8 @@ def test_killed_rank_fails_the_survivor_fast(tmp_path):
     """Rank 1 SIGKILLs itself after step 2 (launched as torchrun would, but
     without its agent): rank 0 exits 1 with the message at once, long before
     the 30 s timeout."""
-    env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", **{distributed.FAULT_ENV: "1:2:kill"})
-    args = [sys.executable, "-m", "chsnn", "train", *TINY, "--max-steps", "6", "--quiet", "--out", str(tmp_path / "killed"), "--set", "dist_timeout=30"]
+    env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", **{faults.FAULT_ENV: "1:2:kill"})
+    args = [sys.executable, str(faults.SCRIPT), "train", *TINY, "--max-steps", "6", "--quiet", "--out", str(tmp_path / "killed"), "--set", "dist_timeout=30"]
     t0 = time.monotonic()
     procs = [subprocess.Popen(args, cwd=tmp_path, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     try:
@@ -223,10 +226,10 @@ def test_timeout_and_fault_settings(monkeypatch):
     with pytest.raises(distributed.DistributedError, match="rank 0 of .* lost contact with the other ranks.*the test.*peer gone"):
         with distributed.guard("the test"):
             raise RuntimeError("peer gone")
-    monkeypatch.setenv(distributed.FAULT_ENV, "0:5:explode")
-    distributed.fault_point(4)  # another step: nothing
+    monkeypatch.setenv(faults.FAULT_ENV, "0:5:explode")
+    faults.fault_point(4)  # another step: nothing
     with pytest.raises(ValueError, match="kill, exit, hang, sigint or nan"):
-        distributed.fault_point(5)
+        faults.fault_point(5)
 
 
 # Mixed precision ----------------------------------------------------------------------------------

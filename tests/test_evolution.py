@@ -190,9 +190,10 @@ def test_calibration_data_is_bounded_by_memory_for_large_event_frames(monkeypatc
     capped in bytes (1 GiB: 512 DVS128 recordings of 16 frames) before
     calibration_samples' 4096; here a cap of 100 samples' worth."""
     from chsnn import train as training
+    from chsnn import trainer
 
     per_sample = 4 * 2 * 16 * 16 * 4  # float32 frames of 2x16x16 over 4 steps
-    monkeypatch.setattr(training, "CALIBRATION_BYTES", 100 * per_sample)
+    monkeypatch.setattr(trainer, "CALIBRATION_BYTES", 100 * per_sample)  # where the Runner reads it
     cfg = training.resolve_config(None, {
         "data": "random", "model": "snn-mlp", "model_options": {"hidden": [8]}, "time_steps": 4, "batch_size": 32,
         "data_options": {"input_shape": [2, 16, 16], "n_classes": 3, "kind": "events", "n_train": 640, "n_test": 8},

@@ -26,11 +26,11 @@ def _train(out, *assignments, model="snn-mlp", method="set", sparsity=0.95, data
 
 def _original(run_dir, name="latest.pt"):
     """The run's model as `chsnn eval` rebuilds it (Runner + checkpoint, engine attached)."""
-    from chsnn.train import Runner, _restore
+    from chsnn.train import Runner
 
     ckpt = torch.load(run_dir / name, map_location="cpu", weights_only=False)
     runner = Runner(ckpt["config"])
-    _restore(runner, ckpt)
+    runner.restore(ckpt)
     return runner.model.eval(), ckpt
 
 

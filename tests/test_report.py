@@ -194,7 +194,7 @@ def test_power_law_fit_and_pooling():
     assert rep.power_law_fit([3, 3, 4]) is None
     m = np.zeros((600, 300), dtype=bool)
     m[599, 0] = True
-    pooled = rep._max_pool(m)
+    pooled = rep.max_pool(m)
     assert max(pooled.shape) <= rep.MASK_IMAGE_MAX and pooled[-1, 0] and pooled.sum() == 1
 
 

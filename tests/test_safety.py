@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 import torch
@@ -32,7 +33,9 @@ def run_cli(args, capsys):
 
 def run_process(args, env_extra=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
-    proc = subprocess.run([sys.executable, "-m", "chsnn", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    # With a fault to inject, chsnn runs through the test's fault script.
+    chsnn = [str(faults.SCRIPT)] if faults.FAULT_ENV in (env_extra or {}) else ["-m", "chsnn"]
+    proc = subprocess.run([sys.executable, *chsnn, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -113,22 +116,20 @@ def test_truncated_checkpoints_give_one_line(command, good_run, tmp_path, capsys
 
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
-    names = ("best.pt", "latest.pt") if command == "eval" else ("latest.pt",)  # eval falls back to latest.pt when best.pt is damaged
-    for name in names:
-        data = (run / name).read_bytes()
-        (run / name).write_bytes(data[: len(data) // 2])
+    # Only latest.pt, every command's default: a damaged default is an error,
+    # never a silent switch to the intact best.pt (another model).
+    data = (run / "latest.pt").read_bytes()
+    (run / "latest.pt").write_bytes(data[: len(data) // 2])
     args = reading_command(command, run, tmp_path)
     code, out, err = run_cli(args, capsys)
     assert code == 2
     line = error_line(err, "train" if command == "resume" else command)
     assert "latest.pt" in line and "truncated or corrupt" in line
-    if command == "eval":
-        assert "best.pt" in line
     if command == "resume":
         assert "copy it to latest.pt" in line  # best.pt is intact: say how to use it
 
 
-def test_eval_falls_back_to_latest_when_best_is_damaged(good_run, tmp_path, capsys):
+def test_eval_reads_latest_by_default_whatever_best_holds(good_run, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
@@ -137,6 +138,11 @@ def test_eval_falls_back_to_latest_when_best_is_damaged(good_run, tmp_path, caps
     code, out, err = run_cli(["eval", run], capsys)
     assert code == 0, err
     assert json.loads(out)["checkpoint"] == "latest.pt"
+    # asked for explicitly, the damaged best.pt is an error naming it
+    code, out, err = run_cli(["eval", run, "--checkpoint", "best"], capsys)
+    assert code == 2
+    line = error_line(err, "eval")
+    assert "best.pt" in line and "truncated or corrupt" in line
 
 
 # 2. Divergence ----------------------------------------------------------------------
@@ -151,14 +157,14 @@ def _npz(path: Path, seed: int = 0):
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     """Every weight turns NaN after step 14 (epoch 2 of 12-step epochs; the
-    test fault hook, as a diverging step would leave them): the run stops at
+    test's fault injection, as a diverging step would leave them): the run stops at
     the next loss with exit 1 and a clear message; latest.pt and best.pt stay
     the epoch-1 state, masked weights exactly zero; no summary.json."""
     args = ["train", *TINY, "--epochs", "3", "--method", "set", "--sparsity", "0.8"]
     code, _, err = run_cli([*args, "--max-steps", "12", "--out", tmp_path / "epoch1"], capsys)
     assert code == 0, err
     out = tmp_path / "run"
-    monkeypatch.setenv("CHSNN_TEST_FAULT", "0:14:nan")
+    faults.inject(monkeypatch, "0:14:nan")
     code, _, err = run_cli([*args, "--out", out], capsys)
     assert code == 1
     line = error_line(err)
@@ -343,7 +349,7 @@ def test_ctrl_c_saves_says_so_and_resumes_with_whole_epoch_metrics(tmp_path, cap
     """Ctrl-C (a real SIGINT at step 5) exits 130 with no traceback; the
     resumed epoch's train loss and accuracy equal an uninterrupted run's."""
     args = ["train", *TINY, "--epochs", "1", "--method", "set", "--sparsity", "0.8"]
-    code, _, err = run_process([*args, "--out", tmp_path / "cut"], env_extra={"CHSNN_TEST_FAULT": "0:5:sigint"})
+    code, _, err = run_process([*args, "--out", tmp_path / "cut"], env_extra={faults.FAULT_ENV: "0:5:sigint"})
     assert code == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "interrupted: state saved to" in err and "--resume" in err

@@ -59,11 +59,16 @@ def test_tiny_end_to_end_run_and_eval(tmp_path, capsys):
     assert rows[0]["firing_rates"] and all(0 <= r <= 1 for r in rows[0]["firing_rates"].values())
     assert (out / "best.pt").is_file() and (out / "latest.pt").is_file() and (out / "config.yaml").is_file()
     assert any((out / "tb").iterdir())
-    # eval re-builds the run and gives the best checkpoint's accuracy
+    # eval re-builds the run: by default its final model (latest.pt, what summary.json
+    # describes); --checkpoint best gives the best checkpoint's accuracy
     code, text = run_cli(["eval", str(out)], capsys)
     assert code == 0, text
     result = json.loads(text[text.index("{") :])
-    assert result["test_accuracy"] == pytest.approx(summary["best_test_accuracy"])
+    assert result["checkpoint"] == "latest.pt" and result["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    code, text = run_cli(["eval", str(out), "--checkpoint", "best"], capsys)
+    assert code == 0, text
+    result = json.loads(text[text.index("{") :])
+    assert result["checkpoint"] == "best.pt" and result["test_accuracy"] == pytest.approx(summary["best_test_accuracy"])
     # the same directory again without --resume is refused
     code, text = run_cli(["train", *TINY, "--out", str(out)], capsys)
     assert code == 2 and "--resume" in text

@@ -4,7 +4,6 @@ seeded stratified splits, the cache directory and atomic cache writes."""
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from chsnn.rundir import atomic_write
 
 #: The structured dtype of every event array chsnn hands out (tonic's x, y, t, p
 #: ordering; t in microseconds; p = 1 for ON, 0 for OFF).
@@ -186,17 +187,4 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write an uncompressed .npz next to ``path`` and move it into place in one step,
     so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is ordinary data
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
