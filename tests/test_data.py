@@ -6,32 +6,42 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from chsnn.data import (
+    DATASET_SHAPES,
     DATASETS,
     EVENT_DTYPE,
+    ArrayDataset,
     DataBundle,
     DataError,
     MissingDataError,
+    dataset_info,
     encode,
     events_to_frames,
     load_dataset,
     ndigits_cache_path,
     ndigits_events,
     read_nmnist_file,
+    register_dataset,
+    smoke_data,
     stratified_split,
+    unregister_dataset,
 )
 from chsnn.data.idx import read_idx
 
 MNIST_MD5 = {"t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3", "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
+EXTENDING_DOC = Path(__file__).resolve().parents[1] / "docs" / "extending_dataset.md"
 MNIST_TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 DURATION_US = 300_000
 
@@ -615,3 +625,89 @@ def test_nmnist_resplit_pools_and_stratifies_by_seed(shared_dir):
     assert x.shape == (8, 2, 34, 34) and y == int(a.test.targets[0])
     with pytest.raises(ValueError, match="resplit"):
         load_dataset(f"nmnist:{d}", resplit="1.5")
+
+
+# --------------------------------------------------------------------------- the dataset registry
+
+
+def doc_example() -> str:
+    """The code block of docs/extending_dataset.md (the README's example)."""
+    return re.search(r"```python\n(.*?)```", EXTENDING_DOC.read_text(), re.S).group(1)
+
+
+@pytest.fixture
+def blobs():
+    """The docs' example registered; removed again afterwards."""
+    exec(doc_example(), {})
+    yield dataset_info("blobs")
+    unregister_dataset("blobs")
+
+
+def test_custom_dataset_from_the_docs_trains(blobs, tmp_path, capsys):
+    from chsnn.cli import main
+
+    assert len(doc_example().strip().splitlines()) <= 15
+    assert DATASETS["blobs"] == "Two Gaussian blobs in 4-D, one per class."  # the docstring's first line
+    assert DATASET_SHAPES["blobs"] == ((4,), 2, "static") and not blobs.takes_path
+    out = tmp_path / "run"
+    args = ["train", "--data", "blobs", "--set", "model_options.hidden=[16]", "--max-steps", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "blobs" and summary["steps"] == 2
+    assert summary["layers"][0]["shape"] == [16, 4]  # the blobs' 4 features in, no built-in set has those
+    with pytest.raises(ValueError, match="blobs is built in and takes no path"):
+        load_dataset("blobs:/tmp")
+    assert smoke_data("blobs", 3) == ("random", {"input_shape": [4], "n_classes": 2, "kind": "static", "time_steps": None, "n_train": 16, "n_test": 8})
+
+
+def test_registering_a_taken_name_or_alias_is_refused(blobs):
+    before = dict(DATASETS)
+    with pytest.raises(ValueError, match="dataset 'blobs' is already registered; .*unregister_dataset\\('blobs'\\)"):
+        exec(doc_example(), {})
+    with pytest.raises(ValueError, match="dataset 'mnist' is already registered; pick another name"):
+        register_dataset("mnist")(blobs.loader)
+    with pytest.raises(ValueError, match="dataset name 'fmnist' is already taken, as an alias of 'fashion-mnist'"):
+        register_dataset("my-mnist", aliases=("fmnist",))(blobs.loader)
+    with pytest.raises(ValueError, match="'n-mnist' is already taken, as an alias of 'nmnist'"):  # a name taken as an alias
+        register_dataset("n-mnist")(blobs.loader)
+    with pytest.raises(ValueError, match="repeat one another"):
+        register_dataset("twice", aliases=("twice",))(blobs.loader)
+    with pytest.raises(ValueError, match="lower-case"):
+        register_dataset("Blobs2")(blobs.loader)
+    assert DATASETS == before  # nothing half-registered
+    assert dataset_info("fmnist").name == "fashion-mnist"
+    unregister_dataset("blobs")
+    exec(doc_example(), {})  # free again once unregistered
+    assert dataset_info("BLOBS").loader is not blobs.loader
+
+
+def test_custom_dataset_options_and_checks(tmp_path):
+    @register_dataset("shifted", aliases=("shift",), input_shape=(3,), n_classes=2, kind="events")
+    def load_shifted(request, *, offset="0"):
+        """Event frames of 3 channels, every count `offset`."""
+        assert request.directory == (request.path or tmp_path / "shifted")
+        x = torch.full((4, request.time_steps, 3), float(offset))
+        y = torch.tensor([0, 1, 0, 1])
+        width = 3 if offset != "9" else 5  # offset 9: a loader that breaks its promise
+        return DataBundle("shifted", ArrayDataset(x[..., :width], y), ArrayDataset(x, y), (width,), 2, request.time_steps, "events")
+
+    try:
+        assert dataset_info("shifted").options == {"offset": "0"}
+        b = load_dataset("Shift", root=tmp_path, offset="2")
+        assert b.time_steps == 8 and float(b.train[0][0].mean()) == 2.0  # event sets get 8 frames by default
+        assert load_dataset(f"shifted:{tmp_path}", time_steps=3).train[0][0].shape == (3, 3)
+        with pytest.raises(ValueError, match="unknown option 'colour' for dataset 'shifted'; valid options: time_steps, seed, root, offset"):
+            load_dataset("shifted", root=tmp_path, colour="red")
+        with pytest.raises(ValueError, match="option 'offset' must be a string, got 2"):
+            load_dataset("shifted", root=tmp_path, offset=2)
+        with pytest.raises(ValueError, match="returned events data of input_shape \\(5,\\), but the set is registered as events \\(3,\\)"):
+            load_dataset("shifted", root=tmp_path, offset="9")
+    finally:
+        unregister_dataset("shift")
+    with pytest.raises(ValueError, match="unknown dataset 'shifted'"):
+        load_dataset("shifted")
+    with pytest.raises(TypeError, match="option 'offset' needs a default"):
+        register_dataset("bad")(lambda request, *, offset: None)
+    with pytest.raises(ValueError, match="input_shape, n_classes and kind together"):
+        register_dataset("bad", input_shape=(3,), n_classes=2)(load_shifted)
+    assert "bad" not in DATASETS

@@ -22,24 +22,7 @@ import numpy as np
 import torch
 
 from chsnn.data._base import ArrayDataset, DataBundle, check_int
-
-#: name -> (input_shape, n_classes, kind) exactly as the real loader produces them
-#: (event sets add a leading time axis T: x is (T, *input_shape)). ``npz`` has no
-#: fixed shape and ``random`` is whatever you ask for, so neither is listed.
-#: emnist is its default split, balanced (47 classes); cifar100 its fine labels.
-DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int, str]] = {
-    "digits": ((1, 8, 8), 10, "static"),
-    "ndigits": ((2, 30, 30), 10, "events"),
-    "mnist": ((1, 28, 28), 10, "static"),
-    "fashion-mnist": ((1, 28, 28), 10, "static"),
-    "emnist": ((1, 28, 28), 47, "static"),  # split=balanced, the loader's default
-    "cifar10": ((3, 32, 32), 10, "static"),
-    "cifar100": ((3, 32, 32), 100, "static"),  # labels=fine, the loader's default
-    "nmnist": ((2, 34, 34), 10, "events"),
-    "dvsgesture": ((2, 128, 128), 11, "events"),
-    "cifar10dvs": ((2, 128, 128), 10, "events"),
-    "shd": ((700,), 20, "events"),
-}
+from chsnn.data.registry import DEFAULT_TIME_STEPS, dataset_info, parse_spec
 
 #: Sizes of the random sets smoke_data asks for: two batches of 8 to train on.
 SMOKE_TRAIN = 16
@@ -99,8 +82,6 @@ def load_random_bundle(
     if kind == "static":
         time_steps = None
     elif time_steps is None:
-        from chsnn.data.registry import DEFAULT_TIME_STEPS
-
         time_steps = DEFAULT_TIME_STEPS
     sample = shape if kind == "static" else (time_steps, *shape)
     per_sample = int(np.prod(sample, dtype=np.int64))
@@ -136,23 +117,21 @@ def smoke_data(spec: str, time_steps: int) -> tuple[str, dict]:
     "dvsgesture:/x", ...): the same input shape, classes and kind (event sets get
     ``time_steps`` frames), a few samples. ``load_dataset(*smoke)`` style:
     ``name, opts = smoke_data(spec, T); load_dataset(name, **opts)``."""
-    from chsnn.data.registry import parse_spec
-
     name, _ = parse_spec(spec)
     time_steps = check_int("time_steps", time_steps, 1)
     if name == "random":
         raise ValueError("the data is already 'random'; it needs no smoke stand-in")
-    if name not in DATASET_SHAPES:  # npz
+    info = dataset_info(name)
+    if not info.has_fixed_shape:  # npz, or a set registered without a shape
         raise ValueError(
             f"{name} data has no fixed shape, so a smoke run cannot guess it; give random data of your shape instead, "
             "e.g. --data random --set 'data_options={input_shape: [1, 28, 28], n_classes: 10, kind: static}'"
         )
-    shape, n_classes, kind = DATASET_SHAPES[name]
     return "random", {
-        "input_shape": list(shape),
-        "n_classes": n_classes,
-        "kind": kind,
-        "time_steps": time_steps if kind == "events" else None,
+        "input_shape": list(info.input_shape),
+        "n_classes": info.n_classes,
+        "kind": info.kind,
+        "time_steps": time_steps if info.kind == "events" else None,
         "n_train": SMOKE_TRAIN,
         "n_test": SMOKE_TEST,
     }
