@@ -284,17 +284,6 @@ def to_sparse_inference(model: nn.Module, masks: dict[str, torch.Tensor] | None 
     return fast.eval()
 
 
-def density_of(fast: SparseSpikingMLP) -> list[float]:
-    """Density of each linear layer of an inference model (dense layers: 1.0)."""
-    out = []
-    for layer in [*fast.linears, fast.head]:
-        if isinstance(layer, SparseLinear):
-            out.append(layer.nnz / max(1, layer.in_features * layer.out_features))
-        else:
-            out.append(1.0)
-    return out
-
-
 def break_even(densities, dense_ms, sparse_ms) -> float | None:
     """The density at which sparse becomes faster than dense: the highest
     density whose time ratio crosses 1, interpolated on log-density between

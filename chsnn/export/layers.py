@@ -67,7 +67,7 @@ def neuron_parameters(module: nn.Module) -> dict | None:
                 out[key] = float(value) if isinstance(value, (int, float, torch.Tensor)) and not isinstance(value, bool) else value
         return out
     try:
-        from snntorch._neurons import SpikingNeuron
+        from snntorch import SpikingNeuron
     except Exception:  # pragma: no cover
         SpikingNeuron = None
     if SpikingNeuron is not None and isinstance(module, SpikingNeuron):
