@@ -98,7 +98,7 @@ def test_mnist_t10k_checksums_split_and_labels(mnist_dir):
     assert np.bincount(labels).tolist() == MNIST_TEST_CLASS_COUNTS
 
     b = load_dataset(f"mnist:{mnist_dir}", seed=0)
-    assert isinstance(b, DataBundle)
+    assert b.name == "mnist" and b.classes == [str(d) for d in range(10)] and b.sample_shape == (1, 28, 28)
     assert (len(b.train), len(b.test)) == (8000, 2000)
     assert b.kind == "static" and b.time_steps is None and b.input_shape == (1, 28, 28) and b.n_classes == 10
     assert "t10k only" in b.note and "8000/2000" in b.note and "seed 0" in b.note

@@ -260,7 +260,12 @@ def test_autocast_runs_the_forward_in_bf16():
         runner.model(torch.rand(2, 1, 8, 8))
     handle.remove()
     assert seen == [torch.bfloat16]
-    assert runner.evaluate()["test_accuracy"] >= 0
+    x, y = runner.data.test.tensors()  # the 4 test samples: one evaluation batch
+    with runner.autocast():
+        logits = runner.model(x)
+    scored = runner.evaluate()
+    assert scored["test_accuracy"] == (logits.argmax(1) == y).float().mean().item()  # scored on the bf16 forward
+    assert scored["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits.float(), y).item(), rel=1e-6)
 
 
 def test_precision_errors(tmp_path, capsys):

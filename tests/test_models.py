@@ -118,8 +118,20 @@ def test_readout_is_the_time_average_of_the_output_layer():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_holds_no_graph_after_forward(name):
     model = build(name, SHAPES.get(name, DEFAULT_SHAPES)[0])
-    model(model_input(model, 2)).sum().backward()
-    copy.deepcopy(model)  # a state still on the autograd graph cannot be deep-copied
+    x = model_input(model, 2)
+    model(x).sum().backward()
+    on_graph = [f"{layer}.{key}" for layer, module in model.named_modules() for key, t in held_tensors(module) if t.grad_fn is not None]
+    assert on_graph == [], "states still on the autograd graph (they keep it alive and break deepcopy)"
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(twin(x), model(x))  # the copy computes what the original does
+
+
+def held_tensors(module):
+    """(name, tensor) a module keeps between calls: its tensor attributes, and
+    tensors in dict attributes (where SpikingJelly keeps neuron states)."""
+    for key, value in vars(module).items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        yield from ((k, v) for k, v in items if isinstance(v, torch.Tensor))
 
 
 def test_time_major_input_is_checked():

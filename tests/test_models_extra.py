@@ -50,7 +50,10 @@ def test_builds_and_follows_the_forward_convention(name, shape, options):
     assert model.input_shape == shape and model.n_classes == 7 and model.model_name == name
     assert model.spiking == (name not in ("mlp", "vgg16"))
     assert model.time_steps == (2 if model.spiking else None)
-    assert isinstance(model.default_engine_options, dict) and isinstance(model.head_groups, dict)
+    layers = dict(model.named_modules())
+    chains = model.default_engine_options.get("chain", [])
+    assert all(n in layers for chain in chains for n in chain) and all(n in layers for n in model.head_groups)  # real layers
+    assert bool(model.default_engine_options) == bool(model.head_groups) == (name == "spikformer")  # only attention needs them
     x2, x3 = model_input(model, 2, seed=1), model_input(model, 3, seed=2)
     if "dropout" in options:
         model.eval()
