@@ -200,9 +200,9 @@ def test_internal_fallbacks_agree(monkeypatch):
     accelerator path, exercised here on the CPU) give the same scores."""
     masks = torch.from_numpy(np.stack([_hub_graph(0), _hub_graph(1)]))
     expected = {m: ch_scores_batched(masks, "CH3", m) for m in ("exact", "node")}
-    monkeypatch.setattr(linkpred, "_DENSE_COUNT_BINS", 0)
-    monkeypatch.setattr(linkpred, "_INT32_LIMIT", 0)
-    monkeypatch.setattr(linkpred, "_spgemm_dense_cpu", linkpred._spgemm_dense_torch)
+    monkeypatch.setattr(linkpred.planner, "_DENSE_COUNT_BINS", 0)
+    monkeypatch.setattr(linkpred.planner, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(linkpred.planner, "_spgemm_dense_cpu", linkpred._spgemm_dense_torch)
     for method, scores in expected.items():
         assert_close(ch_scores_batched(masks, "CH3", method), scores)
 
