@@ -197,14 +197,23 @@ def _brute_force_node(mask, model):
 
 def test_internal_fallbacks_agree(monkeypatch):
     """Sort-based counting, 64-bit indices and torch's sparse product (the
-    accelerator path, exercised here on the CPU) give the same scores."""
+    accelerator path, exercised here on the CPU) give the same scores.
+    Patched in the modules that read them at call time."""
     masks = torch.from_numpy(np.stack([_hub_graph(0), _hub_graph(1)]))
     expected = {m: ch_scores_batched(masks, "CH3", m) for m in ("exact", "node")}
-    monkeypatch.setattr(linkpred.planner, "_DENSE_COUNT_BINS", 0)
-    monkeypatch.setattr(linkpred.planner, "_INT32_LIMIT", 0)
-    monkeypatch.setattr(linkpred.planner, "_spgemm_dense_cpu", linkpred._spgemm_dense_torch)
+    products = []
+
+    def torch_product(*args):
+        products.append(args)
+        return linkpred.spgemm.spgemm_dense_torch(*args)
+
+    monkeypatch.setattr(linkpred.wedge, "DENSE_COUNT_BINS", 0)
+    monkeypatch.setattr(linkpred.wedge, "INT32_LIMIT", 0)
+    monkeypatch.setattr(linkpred.spgemm, "spgemm_dense_cpu", torch_product)
     for method, scores in expected.items():
-        assert_close(ch_scores_batched(masks, "CH3", method), scores)
+        assert_close(ch_scores_batched(masks, "CH3", method, kernel="wedge"), scores)
+    assert products, "the patched product was not used"
+    assert linkpred.wedge.Wedges(masks, masks.nonzero(as_tuple=True)).p_col.dtype == torch.int64
 
 
 def test_linked_positions_zero_and_output_format():
