@@ -44,10 +44,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from chsnn.contracts import MASK  # the bool buffer of sparse layers
+
 PJ_PER_AC = 0.9  # pJ per 32-bit float accumulate at 45 nm (Horowitz 2014)
 PJ_PER_MAC = 4.6  # pJ per 32-bit float multiply-accumulate at 45 nm (Horowitz 2014)
-
-MASK = "weight_mask"  # the buffer chsnn.sparse.SparseEngine puts on sparse layers
 
 __all__ = ["PJ_PER_AC", "PJ_PER_MAC", "account_energy", "sops_ratio_explained", "weight_layers"]
 

@@ -54,6 +54,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from chsnn.contracts import EXPORT_MASKS, masks_of
+
 METHODS = ("torch", "scipy", "spikes")
 
 
@@ -221,9 +223,9 @@ class SparseSpikingMLP(nn.Module):
 
 
 def _model_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    masks = {name: m.weight_mask.bool() for name, m in model.named_modules() if isinstance(getattr(m, "weight_mask", None), torch.Tensor)}
+    masks = masks_of(model)
     if not masks:
-        masks = dict(getattr(model, "export_masks", {}) or {})
+        masks = dict(getattr(model, EXPORT_MASKS, {}) or {})
     return masks
 
 

@@ -164,6 +164,17 @@ def test_invariants_after_every_update(method, sparsity, zeta, opt, seed):
     assert engine.n_updates == (0 if method == "static" else 6)
 
 
+def test_gradients_are_masked_after_backward_and_again_before_the_step():
+    model, optimizer, engine = make("set", 0.8, opt="sgd")
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    for t in engine.targets:  # what gradient clipping or a logger reads before the step
+        assert torch.all(t.weight.grad[~engine.mask(t.name)] == 0)
+    engine.targets[0].weight.grad.fill_(1.0)  # a gradient written after backward
+    optimizer.step()
+    assert_masked(engine, optimizer)
+
+
 def test_kernel_layers_keep_equal_counts_per_kernel():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 4))
@@ -187,47 +198,37 @@ def test_kernel_layers_keep_equal_counts_per_kernel():
 # Stages against independent computations ----------------------------------------
 
 
-def _capture_regrowth(monkeypatch, engine):
-    seen = {}
-    original = engine._regrowth
-
-    def spy(t, after, removed, density):
-        seen[t.name] = {"after": after.clone(), "removed": removed.clone(), "acc": engine._rigl_acc.get(t.name)}
-        seen[t.name]["acc"] = None if seen[t.name]["acc"] is None else seen[t.name]["acc"].clone()
-        out = original(t, after, removed, density)
-        seen[t.name]["regrown"] = out
-        return out
-
-    monkeypatch.setattr(engine, "_regrowth", spy)
-    return seen
-
-
-def _assert_top(scores, candidates, chosen):
+def assert_top(scores, candidates, chosen):
     assert chosen.sum() > 0
     assert torch.all(candidates[chosen])
     rest = candidates & ~chosen
     assert scores[chosen].min() >= scores[rest].max()
 
 
-def test_ch3_regrowth_takes_the_top_scores(monkeypatch):
+def test_ch3_regrowth_takes_the_top_scores():
     model, opt, engine = make("cht", 0.7, update_interval=1)
-    seen = _capture_regrowth(monkeypatch, engine)
     train(model, opt, batches(1))
-    for name, s in seen.items():
-        scores = ch_scores(s["after"], "CH3")
-        assert (scores[s["regrown"]] > 0).all()
-        _assert_top(scores, ~s["after"], s["regrown"])
-
-
-def test_rigl_regrowth_takes_the_largest_dense_gradients(monkeypatch):
-    model, opt, engine = make("rigl", 0.7, update_interval=3, rigl_accumulation=2)
-    seen = _capture_regrowth(monkeypatch, engine)
-    train(model, opt, batches(3))
+    assert engine.n_updates == 1
     for t in engine.targets:
-        s = seen[t.name]
-        assert s["acc"] is not None and s["acc"].abs().sum() > 0
-        acc = t.as_2d(s["acc"]).abs()
-        _assert_top(acc, ~s["after"] & ~s["removed"], s["regrown"])
+        ch = engine.last_changes[t.name]
+        after = ch["before"] & ~ch["removed"]
+        scores = ch_scores(after, "CH3")
+        assert (scores[ch["regrown"]] > 0).all()
+        assert_top(scores, ~after, ch["regrown"])  # cht regrows among every absent position
+
+
+def test_rigl_regrowth_takes_the_largest_dense_gradients():
+    model, opt, engine = make("rigl", 0.7, update_interval=3, rigl_accumulation=2)
+    dense = {t.name: [] for t in engine.targets}  # each backward's gradient, before any masking
+    for t in engine.targets:
+        t.weight.register_hook(lambda g, name=t.name: dense[name].append(g.detach().clone()))
+    train(model, opt, batches(3))
+    assert engine.n_updates == 1
+    for t in engine.targets:
+        acc = t.as_2d(torch.zeros_like(t.weight) + dense[t.name][1] + dense[t.name][2]).abs()  # the 2 steps before the update
+        assert acc.sum() > 0
+        ch = engine.last_changes[t.name]
+        assert_top(acc, ~ch["before"], ch["regrown"])  # rigl: not the links it just removed
 
 
 def test_magnitude_removal_removes_the_smallest():
@@ -290,7 +291,7 @@ def test_sscti_keeps_the_links_most_correlated_with_each_anchor():
     np.fill_diagonal(corr, 0)
     scores = torch.from_numpy(corr[np.arange(24) % 12])
     mask = engine.mask("1")
-    _assert_top(scores, torch.ones_like(mask), mask)
+    assert_top(scores, torch.ones_like(mask), mask)
     assert mask[2, 5] and mask[5, 2]
 
 
@@ -459,8 +460,8 @@ def test_strategies_are_chosen_by_name_from_registries():
     from chsnn.sparse import strategies
 
     @strategies.register_removal("test_reverse_magnitude")
-    def reverse(links):  # remove the largest links first
-        return -links.magnitude
+    def reverse(ctx):  # remove the largest links first
+        return -ctx.links.magnitude
 
     try:
         model, opt, engine = make("set", 0.6, update_interval=0, removal="test_reverse_magnitude")

@@ -208,7 +208,7 @@ def test_initialisation_in_one_forward_equals_one_pass_per_layer(monkeypatch):
     initialisation (each layer initialised as the pass reaches it) gives the
     masks and weights of one partial pass per layer."""
     from chsnn.models import build_model
-    from chsnn.sparse import engine as engine_module
+    from chsnn.sparse import initialisation
 
     g = torch.Generator().manual_seed(3)
     parts = [(torch.rand(6, 32, 20, generator=g) < torch.rand(1, 32, 20, generator=g)).float() for _ in range(3)]
@@ -219,7 +219,7 @@ def test_initialisation_in_one_forward_equals_one_pass_per_layer(monkeypatch):
         return SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.8, "seed": 0}, calibration=parts)
 
     one = build()
-    monkeypatch.setattr(engine_module, "one_pass_budget", lambda device, training_bytes: 0)
+    monkeypatch.setattr(initialisation, "one_pass_budget", lambda device, training_bytes: 0)
     per_layer = build()
     assert one.init_passes == 1 and per_layer.init_passes == len(per_layer.targets) == 2
     for t, u in zip(one.targets, per_layer.targets):

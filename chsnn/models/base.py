@@ -22,6 +22,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from chsnn.contracts import reset_network
+
 SURROGATES = ("atan", "sigmoid")
 NEURON_BACKENDS = ("auto", "torch", "cupy", "triton")
 
@@ -197,8 +199,7 @@ def sj_lif(tau: float, v_threshold: float, surrogate: str) -> nn.Module:
 
 class SpikingModel(nn.Module):
     """Base class of the spiking models (see the module docstring for the
-    forward convention). Subclasses implement :meth:`run` and
-    :meth:`reset_states`."""
+    forward convention). Subclasses implement :meth:`run`."""
 
     spiking = True
 
@@ -213,7 +214,8 @@ class SpikingModel(nn.Module):
         raise NotImplementedError
 
     def reset_states(self) -> None:
-        raise NotImplementedError
+        """Every neuron back at rest (:func:`chsnn.contracts.reset_network`)."""
+        reset_network(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_shape(self, x, ("T", "N"), "time-major input")
@@ -251,15 +253,6 @@ class SpikingJellyModel(SpikingModel):
         from spikingjelly.activation_based import functional
 
         functional.set_step_mode(self, "m")
-
-    def _memory_modules(self) -> list[nn.Module]:
-        from spikingjelly.activation_based import base
-
-        return [m for m in self.modules() if isinstance(m, base.MemoryModule)]
-
-    def reset_states(self) -> None:
-        for m in self._memory_modules():
-            m.reset()
 
     def sync_neuron_backend(self, device: torch.device) -> None:
         key = str(device)

@@ -96,6 +96,9 @@ class SnnTorchMLP(SpikingModel):
         self.neuron_backend = "torch"
 
     def reset_states(self) -> None:
+        # snnTorch's reset alone (what chsnn.contracts.reset_network ends
+        # with): walking the modules after the neurons' in-forward state
+        # writes would split a torch.compile graph.
         from snntorch import utils
 
         utils.reset(self)

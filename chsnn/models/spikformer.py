@@ -5,8 +5,9 @@ The network is SpikingJelly's
 SpikingJelly, its own init and forward); the model adopts its three children
 ``patch_embed``, ``blocks`` and ``head`` so module names are SpikingJelly's
 (``blocks.0.attn.qkv_conv_bn.0`` ...). Input ``(T, N, C, H, W)``; the forward
-resets every neuron (``functional.reset_net``) at the start and the end and
-returns the time mean of SpikingJelly's ``(T, N, n_classes)`` output.
+resets every neuron (:func:`chsnn.contracts.reset_network`) at the start and
+the end and returns the time mean of SpikingJelly's ``(T, N, n_classes)``
+output.
 
 Patch stem: SpikingJelly supports ``patch_size`` 4 (the last two of its four
 conv stages pool by 2) and 16 (all four pool). ``patch_size=None`` picks 4
@@ -91,11 +92,6 @@ class SpikformerModel(SpikingJellyModel):
             "chain": [[f"blocks.{i}.mlp.fc1.0", f"blocks.{i}.mlp.fc2.0"] for i in range(depths)],
         }
         self.finish()
-
-    def reset_states(self) -> None:
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(self)
 
     def run(self, x):
         return self.head(self._forward_features(self, x))  # (T, N, n_classes)

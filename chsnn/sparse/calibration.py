@@ -15,22 +15,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from chsnn.contracts import reset_network
 from chsnn.sparse.targets import KERNEL, SparseTarget
 
 
-def reset_states(model: nn.Module) -> None:
-    """Reset SpikingJelly memory modules and snnTorch neurons, if any."""
-    snn_torch = False
-    for m in model.modules():
-        origin = type(m).__module__
-        if origin.startswith("spikingjelly") and callable(getattr(m, "reset", None)):
-            m.reset()
-        elif origin.startswith("snntorch"):
-            snn_torch = True
-    if snn_torch:
-        from snntorch import utils
-
-        utils.reset(model)
+# The neuron-state reset of the calibration passes (chsnn.contracts), by its older name.
+reset_states = reset_network
 
 
 def batch_input(batch):
@@ -264,7 +254,7 @@ def record_activity(
                 except _Stop:
                     pass
                 finally:
-                    reset_states(model)
+                    reset_network(model)
                 flush()
     finally:
         for h in handles:
@@ -313,7 +303,7 @@ def trace_forward(model: nn.Module, batch, targets: list[SparseTarget], forward_
         with calibration_mode(model):
             forward_fn(model, batch)
     finally:
-        reset_states(model)
+        reset_network(model)
         for h in handles:
             h.remove()
     order = seen + [t for t in targets if t not in seen]
@@ -369,7 +359,7 @@ def progressive_pass(
             except _Stop:
                 pass
             finally:
-                reset_states(model)
+                reset_network(model)
     finally:
         for h in handles:
             h.remove()

@@ -262,3 +262,14 @@ class EngineConfig:
         if not self.total_steps:
             return start
         return start + (end - start) * min(step, self.total_steps) / self.total_steps
+
+
+def make_config(config=None, **options) -> EngineConfig:
+    """EngineConfig from a config, a dict, a method name or keywords."""
+    if isinstance(config, EngineConfig):
+        return EngineConfig.from_dict(dataclasses.asdict(config), **options)
+    if isinstance(config, str):
+        return EngineConfig.from_dict({"method": config}, **options)
+    if config is None or isinstance(config, dict):
+        return EngineConfig.from_dict(config, **options)
+    raise ConfigError(f"config must be an EngineConfig, a dict or a method name, not {type(config).__name__}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from chsnn.sparse.masking import mask_of
 from chsnn.sparse.targets import LINEAR, SparseTarget
 
 
@@ -57,7 +58,7 @@ class HebbRule:
             dw = rate * torch.outer(post - mean, self.pre[t.name])
             self.mean_post[t.name] = (1 - self.alpha) * mean + self.alpha * post
             w = t.weight
-            w.add_((dw.to(w.dtype) * t.as_2d(t.module.weight_mask)).view_as(w))
+            w.add_((dw.to(w.dtype) * t.as_2d(mask_of(t))).view_as(w))
         self.pre.clear()
         self.out.clear()
 

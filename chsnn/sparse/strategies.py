@@ -1,72 +1,119 @@
-"""The stage strategies, chosen by name from small registries.
+"""The stage strategies, chosen by name from four registries.
 
-Each registry maps a config value to a function; registering a function under
-a new name makes it available to every config (``removal: my_score``):
+Every strategy is a function of one argument, the layer's
+:class:`~chsnn.sparse.context.UpdateContext`; registering one under a new name
+makes it available to every config (``removal: half_magnitude``):
 
-    from chsnn.sparse.strategies import register_removal
+    from chsnn.sparse import register_removal
 
     @register_removal("half_magnitude")
-    def half_magnitude(links):          # lowest scores are removed first
-        return links.magnitude / 2
+    def half_magnitude(ctx):            # one score per link; the lowest go first
+        return ctx.links.magnitude / 2
+
+What each stage returns:
+
+* topology init: the bool ``(n_out, n_in)`` mask, ``ctx.n_links`` links;
+* weight init: each output neuron's weight std ``(n_out, 1)``, or None to
+  keep the layer's own weights (masked);
+* removal: one score per link of ``ctx.links``; the lowest are removed
+  (``soft=True``: the kept links are sampled with probability ~ score^T);
+* regrowth: ``(n_out, n_in)`` scores, the highest regrown first, or None for
+  uniformly random (``dense_gradients=True``: the engine sums the dense
+  gradient before each update into ``ctx.accumulated_grad``).
+
+A name can be registered once; registering it again raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
 from typing import Callable
 
 import torch
 
 from chsnn.linkpred import MODELS as CH_MODELS
 from chsnn.linkpred import ch_scores
+from chsnn.sparse.context import LinkScores, UpdateContext
 from chsnn.sparse.masks import count
 from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
+
+__all__ = [
+    "TOPOLOGY_INITS",
+    "WEIGHT_INITS",
+    "REMOVALS",
+    "REGROWTHS",
+    "SOFT_REMOVALS",
+    "DENSE_GRADIENT_REGROWTHS",
+    "CORRELATED_INITS",
+    "LinkScores",
+    "UpdateContext",
+    "register_topology_init",
+    "register_weight_init",
+    "register_removal",
+    "register_regrowth",
+]
 
 TOPOLOGY_INITS: dict[str, Callable] = {}
 WEIGHT_INITS: dict[str, Callable] = {}
 REMOVALS: dict[str, Callable] = {}
 SOFT_REMOVALS: set[str] = set()  # these sample the kept links by score^T
 REGROWTHS: dict[str, Callable] = {}
+DENSE_GRADIENT_REGROWTHS: set[str] = set()  # these read ctx.accumulated_grad
 
 
-def _register(registry: dict, name: str):
+def _register(registry: dict, stage: str, name: str, flags: set | None = None):
+    """Decorator adding a strategy under a new name (and to ``flags``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a {stage} strategy needs a non-empty string name, got {name!r}")
+
     def deco(fn):
+        if name in registry:
+            old = registry[name]
+            where = f"{getattr(old, '__module__', '?')}.{getattr(old, '__qualname__', repr(old))}"
+            raise ValueError(f"a {stage} strategy named {name!r} is already registered ({where}); choose another name")
         registry[name] = fn
+        if flags is not None:
+            flags.add(name)
         return fn
 
     return deco
 
 
 def register_topology_init(name: str):
-    """``fn(n_out, n_in, n_links, stats, cfg, generator) -> bool (n_out, n_in)``."""
-    return _register(TOPOLOGY_INITS, name)
+    """Decorator: ``fn(ctx) -> bool (n_out, n_in) mask`` of ``ctx.n_links``
+    links, from the calibration statistics ``ctx.stats``."""
+    return _register(TOPOLOGY_INITS, "topology init", name)
 
 
 def register_weight_init(name: str):
-    """``fn(cfg, n_in, mask2d, stats) -> per-neuron std (n_out, 1)``, or None to keep the weights."""
-    return _register(WEIGHT_INITS, name)
+    """Decorator: ``fn(ctx) -> per-neuron std (n_out, 1)`` for the links of
+    ``ctx.mask``, or None to keep the weights."""
+    return _register(WEIGHT_INITS, "weight init", name)
 
 
 def register_removal(name: str, soft: bool = False):
-    """``fn(links: LinkScores) -> per-link score``; the lowest are removed."""
-    if soft:
-        SOFT_REMOVALS.add(name)
-    return _register(REMOVALS, name)
+    """Decorator: ``fn(ctx) -> one score per link of ctx.links``; the lowest
+    are removed (``soft``: the kept ones are sampled by score^T)."""
+    return _register(REMOVALS, "removal", name, SOFT_REMOVALS if soft else None)
 
 
-def register_regrowth(name: str):
-    """``fn(engine, target, after) -> (n_out, n_in) scores``, or None for random."""
-    return _register(REGROWTHS, name)
+def register_regrowth(name: str, dense_gradients: bool = False):
+    """Decorator: ``fn(ctx) -> (n_out, n_in) scores`` of the positions
+    (``ctx.mask`` holds the links after removal), the highest regrown first,
+    or None for random. ``dense_gradients``: the rule reads
+    ``ctx.accumulated_grad``, so the engine accumulates it."""
+    return _register(REGROWTHS, "regrowth", name, DENSE_GRADIENT_REGROWTHS if dense_gradients else None)
 
 
 # Topology initialisation (linear layers; kernels are random per kernel) --------
 
 
 @register_topology_init("random")
-def random_topology(n_out, n_in, n_links, stats, cfg, generator):
+def random_topology(ctx: UpdateContext):
     """Erdos-Renyi: n_links positions uniformly at random (SET, RigL, MEST)."""
-    return select_top(None, torch.ones(n_out, n_in, dtype=torch.bool, device=generator.device), n_links, generator)
+    everything = torch.ones(ctx.n_out, ctx.n_in, dtype=torch.bool, device=ctx.generator.device)
+    return select_top(None, everything, ctx.n_links, ctx.generator)
 
 
 CORRELATED_INITS = ("sscti", "csti", "csti_tiled")  # these read calibration correlations
@@ -104,37 +151,39 @@ def link_every_row(mask: torch.Tensor, scores: torch.Tensor, allowed: torch.Tens
     return mask
 
 
-def _top_links(scores, n_links, cfg, generator):
+def _top_links(scores, ctx: UpdateContext):
     everything = torch.ones_like(scores, dtype=torch.bool)
-    if cfg.sscti_soft:
-        return sample_weighted(scores, everything, n_links, generator)
-    return select_top(scores, everything, n_links, generator)
+    if ctx.config.sscti_soft:
+        return sample_weighted(scores, everything, ctx.n_links, ctx.generator)
+    return select_top(scores, everything, ctx.n_links, ctx.generator)
 
 
 @register_topology_init("sscti")
 @register_topology_init("csti")
-def correlated_topology(n_out, n_in, n_links, stats, cfg, generator):
+def correlated_topology(ctx: UpdateContext):
     """SSCTI / CSTI: each output neuron is anchored at an input that varies
     (:func:`spread_anchors`); the links kept are the top ``n_links`` by
     |Pearson r| between an output's anchor and each input (over calibration
     samples: spike counts per sample for spiking layers); every output
     neuron keeps at least one link."""
+    stats = ctx.stats
     corr = stats.correlation().abs()
     varying = stats.varying()
     if not bool(varying.any()):  # nothing to correlate
-        return random_topology(n_out, n_in, n_links, stats, cfg, generator)
-    scores = corr[spread_anchors(n_out, varying.nonzero().squeeze(1))]
-    return link_every_row(_top_links(scores, n_links, cfg, generator), scores, varying, generator)
+        return random_topology(ctx)
+    scores = corr[spread_anchors(ctx.n_out, varying.nonzero().squeeze(1))]
+    return link_every_row(_top_links(scores, ctx), scores, varying, ctx.generator)
 
 
 @register_topology_init("csti_tiled")
-def tiled_topology(n_out, n_in, n_links, stats, cfg, generator):
+def tiled_topology(ctx: UpdateContext):
     """The CHT reference's CSTI for MLPs: the first sparse layer's input
-    correlation (``stats``, d x d) tiled to the layer's shape, so every
-    width must be 1x, 2x, ... the input width d; global top ``n_links`` by
-    |r|, and every output neuron keeps at least one link."""
+    correlation (``ctx.input_stats``, d x d) tiled to the layer's shape, so
+    every width must be 1x, 2x, ... the input width d; global top
+    ``n_links`` by |r|, and every output neuron keeps at least one link."""
     from chsnn.sparse.config import ConfigError
 
+    stats, n_out, n_in = ctx.input_stats, ctx.n_out, ctx.n_in
     corr = stats.correlation().abs()
     d = corr.shape[0]
     if n_out % d or n_in % d:
@@ -144,93 +193,88 @@ def tiled_topology(n_out, n_in, n_links, stats, cfg, generator):
         )
     scores = corr.repeat(n_out // d, n_in // d)
     varying = stats.varying().repeat(n_in // d)
-    return link_every_row(_top_links(scores, n_links, cfg, generator), scores, varying if bool(varying.any()) else ~varying, generator)
+    return link_every_row(_top_links(scores, ctx), scores, varying if bool(varying.any()) else ~varying, ctx.generator)
 
 
 # Weight initialisation ------------------------------------------------------------
 
 
 @register_weight_init("keep")
-def keep_weights(cfg, n_in, mask2d, stats):
+def keep_weights(ctx: UpdateContext):
     """The layer's own initialisation, masked."""
     return None
 
 
 @register_weight_init("kaiming")
-def kaiming(cfg, n_in, mask2d, stats):
+def kaiming(ctx: UpdateContext):
     """Dense Kaiming normal: std = sqrt(gain / n_in)."""
-    return torch.full((mask2d.shape[0], 1), math.sqrt(cfg.init_gain / n_in), dtype=torch.float64, device=mask2d.device)
+    return torch.full((ctx.n_out, 1), math.sqrt(ctx.config.init_gain / ctx.n_in), dtype=torch.float64, device=ctx.mask.device)
 
 
 @register_weight_init("swi")
-def swi(cfg, n_in, mask2d, stats):
+def swi(ctx: UpdateContext):
     """SWI: std = sqrt(gain / ((1 - S) * n_in)), Kaiming when dense."""
-    density = int(torch.count_nonzero(mask2d)) / mask2d.numel()
-    return torch.full((mask2d.shape[0], 1), math.sqrt(cfg.init_gain / (density * n_in)), dtype=torch.float64, device=mask2d.device)
+    density = count(ctx.mask) / ctx.mask.numel()
+    return torch.full((ctx.n_out, 1), math.sqrt(ctx.config.init_gain / (density * ctx.n_in)), dtype=torch.float64, device=ctx.mask.device)
 
 
 @register_weight_init("sswi")
-def sswi(cfg, n_in, mask2d, stats):
+def sswi(ctx: UpdateContext):
     """SSWI: the variance is divided by each neuron's effective active inputs,
     the sum of E[a^2] over its presynaptic neurons (in-degree x mean firing
     rate for spikes), so the initial membrane input has variance ``gain``
-    whatever the sparsity and firing rate."""
+    whatever the sparsity and firing rate. A neuron whose inputs were all
+    silent falls back to its in-degree (firing rate 1), with a warning."""
+    mask2d, stats = ctx.mask, ctx.stats
     indeg = mask2d.sum(1, dtype=torch.float64)
     effective = indeg
     if stats is not None:
         effective = mask2d.to(torch.float64) @ stats.second_moment.to(mask2d.device)
-        effective = torch.where(effective > 1e-12, effective, indeg)  # only silent inputs: fall back (the engine warns)
-    return torch.sqrt(cfg.init_gain / effective.clamp_min(1e-12)).unsqueeze(1)
+        if stats.any_active:  # (all silent: the engine has warned about the whole layer)
+            _warn_silent_neurons(ctx, int(((effective <= 1e-12) & mask2d.any(1)).sum()))
+        effective = torch.where(effective > 1e-12, effective, indeg)
+    return torch.sqrt(ctx.config.init_gain / effective.clamp_min(1e-12)).unsqueeze(1)
 
 
-# Removal ---------------------------------------------------------------------------
+def _warn_silent_neurons(ctx: UpdateContext, fell_back: int) -> None:
+    if fell_back:
+        warnings.warn(
+            f"{ctx.label}: {fell_back} of its {ctx.n_out} output neurons have only silent inputs on the calibration data; "
+            "SSWI scales their weights by their in-degree (firing rate 1)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
-@dataclass
-class LinkScores:
-    """What removal scores read, for one layer's existing links as a list."""
-
-    magnitude: torch.Tensor  # |w| per link, float64
-    rows: torch.Tensor  # output neuron of each link
-    cols: torch.Tensor  # input neuron of each link
-    n_out: int
-    n_in: int
-    cfg: object
-    grad: torch.Tensor | None = None  # |dL/dw| per link, when known
-    activity: dict | None = None  # {"pre": (n_in,), "post": (n_out,) or None}
-
-    def relative_importance(self) -> torch.Tensor:
-        """|w| over the total |w| of its input plus over that of its output."""
-        w = self.magnitude
-        col = torch.zeros(self.n_in, dtype=w.dtype, device=w.device).index_add_(0, self.cols, w)
-        row = torch.zeros(self.n_out, dtype=w.dtype, device=w.device).index_add_(0, self.rows, w)
-        return w / col[self.cols].clamp_min(1e-300) + w / row[self.rows].clamp_min(1e-300)
+# Removal: one score per existing link (ctx.links), the lowest removed -------------
 
 
 @register_removal("magnitude")
-def magnitude(links: LinkScores):
-    return links.magnitude
+def magnitude(ctx: UpdateContext):
+    return ctx.links.magnitude
 
 
 @register_removal("mest")
-def mest(links: LinkScores):
+def mest(ctx: UpdateContext):
     """MEST: |w| + c |g|."""
+    links = ctx.links
     if links.grad is None:
         return links.magnitude
-    return links.magnitude + links.cfg.mest_grad_coeff * links.grad
+    return links.magnitude + ctx.config.mest_grad_coeff * links.grad
 
 
 @register_removal("ri")
-def relative_importance(links: LinkScores):
-    return links.relative_importance()
+def relative_importance(ctx: UpdateContext):
+    return ctx.links.relative_importance()
 
 
 @register_removal("lrs")
-def hybrid_lrs(links: LinkScores):
+def hybrid_lrs(ctx: UpdateContext):
     """CH-SNN's hybrid link removal score: magnitude and relative importance,
     each scaled to [0, 1] and mixed by ``lrs_alpha``; links of neurons that
     were silent on the calibration window score -1 and go first."""
-    w, ri, a = links.magnitude, links.relative_importance(), links.cfg.lrs_alpha
+    links = ctx.links
+    w, ri, a = links.magnitude, links.relative_importance(), ctx.config.lrs_alpha
     scores = a * w / w.max().clamp_min(1e-300) + (1 - a) * ri / ri.max().clamp_min(1e-300)
     if links.activity is not None:
         inactive = links.activity["pre"][links.cols] == 0
@@ -241,31 +285,32 @@ def hybrid_lrs(links: LinkScores):
 
 
 @register_removal("soft", soft=True)
-def soft_magnitude(links: LinkScores):
+def soft_magnitude(ctx: UpdateContext):
     """CHTs: the kept links are sampled with probability ~ |w|^T."""
-    return links.magnitude
+    return ctx.links.magnitude
 
 
-# Regrowth ----------------------------------------------------------------------------
+# Regrowth: (n_out, n_in) scores of the positions, the highest regrown ----------------
 
 
 @register_regrowth("none")
 @register_regrowth("random")
-def random_regrowth(engine, target, after):
+def random_regrowth(ctx: UpdateContext):
     return None
 
 
-@register_regrowth("gradient")
-def gradient_regrowth(engine, target, after):
+@register_regrowth("gradient", dense_gradients=True)
+def gradient_regrowth(ctx: UpdateContext):
     """RigL: |dense gradient| summed over the steps before the update."""
-    acc = engine._rigl_acc.get(target.name)
-    return None if acc is None else target.as_2d(acc).abs()
+    acc = ctx.accumulated_grad
+    return None if acc is None else acc.abs()
 
 
 def _ch_regrowth(model: str):
-    def regrowth(engine, target, after):
-        return ch_scores(after, model, engine.config.linkpred)
+    def regrowth(ctx: UpdateContext):
+        return ch_scores(ctx.mask, model, ctx.config.linkpred)
 
+    regrowth.__name__ = regrowth.__qualname__ = f"ch_regrowth_{model}"
     regrowth.__doc__ = f"{model}-L3 link prediction on the layer after removal."
     return regrowth
 

@@ -1,0 +1,84 @@
+"""A user's regrowth rule: the example in docs/extending_regrowth.md runs as
+written, the engine regrows what the rule picks, and names are registered once."""
+
+import json
+import pathlib
+import re
+
+import pytest
+import torch
+
+from chsnn.sparse import register_regrowth, register_removal, strategies
+
+from test_engine import assert_top, batches, make, mlp, train
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending_regrowth.md"
+
+
+def _example_code() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 1, "the page holds one python code block: the example"
+    code = blocks[0]
+    assert len(code.strip().splitlines()) <= 15
+    return code
+
+
+@pytest.fixture
+def rigl_hubs():
+    """The example's rule, registered by running the page's code block."""
+    namespace = {}
+    exec(compile(_example_code(), str(DOC), "exec"), namespace)
+    try:
+        yield namespace["rigl_hubs"]
+    finally:
+        strategies.REGROWTHS.pop("rigl_hubs", None)
+        strategies.DENSE_GRADIENT_REGROWTHS.discard("rigl_hubs")
+
+
+def test_the_documented_rule_decides_the_regrowth(rigl_hubs):
+    assert strategies.REGROWTHS["rigl_hubs"] is rigl_hubs
+    model, opt, engine = make("set", 0.7, update_interval=3, rigl_accumulation=2, regrowth="rigl_hubs")
+    dense = {t.name: [] for t in engine.targets}  # each backward's gradient, before the engine masks it
+    for t in engine.targets:
+        t.weight.register_hook(lambda g, name=t.name: dense[name].append(g.detach().clone()))
+    train(model, opt, batches(3))
+    assert engine.n_updates == 1
+    for t in engine.targets:
+        ch = engine.last_changes[t.name]
+        after = ch["before"] & ~ch["removed"]
+        acc = t.as_2d(torch.zeros_like(t.weight) + dense[t.name][1] + dense[t.name][2])  # the 2 steps before the update
+        scores = acc.abs() * (1.0 + after.sum(0, dtype=torch.float64))  # the rule, computed here independently
+        assert int(ch["regrown"].sum()) == int(ch["removed"].sum()) > 0
+        assert_top(scores, ~ch["before"], ch["regrown"])  # set: links just removed are no candidates
+
+
+def test_the_documented_rule_runs_from_the_command_line(rigl_hubs, tmp_path, monkeypatch, capsys):
+    from chsnn.cli import main
+
+    calls = []
+    monkeypatch.setitem(strategies.REGROWTHS, "rigl_hubs", lambda ctx: calls.append(ctx.name) or rigl_hubs(ctx))
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[32]", "--set", "batch_size=128",
+            "--set", "time_steps=2", "--quiet", "--epochs", "1", "--max-steps", "4", "--method", "set", "--sparsity", "0.8",
+            "--set", "engine.regrowth=rigl_hubs", "--set", "engine.update_interval=2", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["topology_updates"] >= 1 and calls
+
+
+def test_a_name_is_registered_once(rigl_hubs):
+    with pytest.raises(ValueError, match="regrowth strategy named 'rigl_hubs' is already registered"):
+        register_regrowth("rigl_hubs")(lambda ctx: None)
+    with pytest.raises(ValueError, match="regrowth strategy named 'CH3' is already registered"):
+        register_regrowth("CH3")(lambda ctx: None)
+    with pytest.raises(ValueError, match="removal strategy named 'magnitude' is already registered"):
+        register_removal("magnitude")(lambda ctx: ctx.links.magnitude)
+    assert strategies.REGROWTHS["rigl_hubs"] is rigl_hubs  # the first registration stands
+    assert strategies.REMOVALS["magnitude"] is strategies.magnitude
+
+
+def test_an_unregistered_rule_name_is_refused_by_the_config():
+    from chsnn.sparse import ConfigError, SparseEngine
+
+    with pytest.raises(ConfigError, match="regrowth.*valid values"):
+        SparseEngine(mlp(), None, {"method": "set", "regrowth": "rigl_hubs"})
