@@ -19,6 +19,12 @@ of one forward; :func:`reset_network` puts every neuron of SpikingJelly and
 snnTorch back at rest. The chsnn spiking models call it at the start and the
 end of each forward (the snnTorch MLP calls snnTorch's reset, its last step,
 directly), and the engine after each calibration pass.
+
+Spikes. :func:`neuron_types` names the spiking neuron classes (SpikingJelly's
+``BaseNode``, snnTorch's ``SpikingNeuron``); :class:`FiringRateProbes`
+counts their spikes with SpikingJelly's ``OutputMonitor`` for the training
+summaries, reports and exports (an snnTorch neuron may return
+``(spikes, membrane)``: its spikes are counted).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ MASK_F = "weight_mask_f"  # the same mask in the weight's dtype; not persistent
 MASK_BUFFERS = (MASK, MASK_F)
 EXPORT_MASKS = "export_masks"  # {module name: bool mask} on a model loaded from a sparse export
 
-__all__ = ["MASK", "MASK_F", "MASK_BUFFERS", "EXPORT_MASKS", "masks_of", "strip_masks", "split_masked_state", "reset_network"]
+__all__ = ["MASK", "MASK_F", "MASK_BUFFERS", "EXPORT_MASKS", "masks_of", "strip_masks", "split_masked_state", "reset_network", "neuron_types", "FiringRateProbes", "firing_rates"]
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,3 +101,67 @@ def reset_network(model: nn.Module) -> None:
         from snntorch import utils
 
         utils.reset(model)
+
+
+def neuron_types() -> tuple[type, ...]:
+    """The spiking neuron classes of the installed frameworks."""
+    types = []
+    try:
+        from spikingjelly.activation_based.neuron import BaseNode
+
+        types.append(BaseNode)
+    except Exception:  # pragma: no cover - spikingjelly is a dependency
+        pass
+    try:
+        from snntorch import SpikingNeuron
+
+        types.append(SpikingNeuron)
+    except Exception:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _spike_count(output) -> tuple[float, int]:
+    """(spikes, neuron-steps) of one forward call's output."""
+    spikes = output[0] if isinstance(output, tuple) else output  # snnTorch: (spikes, membrane)
+    return float(spikes.detach().sum()), spikes.numel()
+
+
+class FiringRateProbes:
+    """Counts the spikes of every spiking neuron layer of ``model`` while it
+    runs, until :meth:`remove`. ``counts``: {layer: [spikes, neuron-steps]};
+    :meth:`rates`: spikes per neuron per step."""
+
+    def __init__(self, model: nn.Module):
+        from spikingjelly.activation_based.monitor import OutputMonitor
+
+        types = neuron_types()
+        # OutputMonitor with no types watches modules of the model's own type: here, none.
+        self.monitor = OutputMonitor(model, instance=types, function_on_output=_spike_count) if types else None
+
+    @property
+    def counts(self) -> dict[str, list[float]]:
+        if self.monitor is None:
+            return {}
+        return {name: _totals(self.monitor[name]) for name in self.monitor.monitored_layers}
+
+    def remove(self) -> None:
+        if self.monitor is not None:
+            self.monitor.remove_hooks()
+
+    def rates(self) -> dict[str, float]:
+        return firing_rates(self.counts)
+
+
+def _totals(records: list[tuple[float, int]]) -> list[float]:
+    spikes, steps = 0.0, 0.0
+    for s, n in records:  # summed in call order, as the spikes were counted
+        spikes += s
+        steps += n
+    return [spikes, steps]
+
+
+def firing_rates(counts: dict[str, list[float]]) -> dict[str, float]:
+    """Spikes per neuron per step of each layer that ran, from :attr:`FiringRateProbes.counts`."""
+    return {name: spikes / steps for name, (spikes, steps) in counts.items() if steps}
+

@@ -67,7 +67,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-from chsnn.sparse.engine import MASK, MASK_F, EngineSync
+from chsnn.contracts import MASK, MASK_F
+from chsnn.sparse import EngineSync
 
 DEFAULT_TIMEOUT = 300.0
 TIMEOUT_ENV = "CHSNN_DIST_TIMEOUT"

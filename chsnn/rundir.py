@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from chsnn.checkpoint import load_checkpoint
+from chsnn.contracts import split_masked_state
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -32,7 +33,6 @@ CHECKPOINT_HELP = (
     "which checkpoint: latest or best (default: latest, the final model that summary.json describes; "
     "best.pt stands in only when there is no latest.pt. best: the epoch with the best test accuracy)"
 )
-MASK_KEYS = ("weight_mask", "weight_mask_f")  # the engine's mask buffers (chsnn.sparse.engine.MASK, MASK_F)
 
 
 # Writing ----------------------------------------------------------------------------
@@ -230,29 +230,10 @@ def load_run(run_dir, which: str | None = None) -> LoadedRun:
     run = RunDir(run_dir)
     ckpt = run.checkpoint(which)
     cfg = ckpt.state.get("config") or run.config()
-    clean, masks = split_state(ckpt.state["model"])
+    clean, masks = split_masked_state(ckpt.state["model"])
     model = _build_for_state(cfg, clean)
     model.eval()
     return LoadedRun(model, masks, model_spec(model), cfg, ckpt.path)
-
-
-def split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(the state with masks applied and mask buffers dropped, {module: bool mask})."""
-    masks = {}
-    for key, value in state.items():
-        module, _, name = key.rpartition(".")
-        if name == MASK_KEYS[0]:
-            masks[module] = value.detach().to("cpu", torch.bool)
-    clean = {}
-    for key, value in state.items():
-        module, _, name = key.rpartition(".")
-        if name in MASK_KEYS:
-            continue
-        value = value.detach().cpu()
-        if name == "weight" and module in masks:
-            value = torch.where(masks[module], value, torch.zeros((), dtype=value.dtype))  # +0.0 where pruned
-        clean[key] = value
-    return clean, masks
 
 
 def model_spec(model: nn.Module) -> dict:

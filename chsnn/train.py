@@ -9,7 +9,7 @@ This module only gathers the names that used to live here; the code is in
   its default checkpoint, atomic writes, :func:`~chsnn.rundir.load_model`;
 * :mod:`chsnn.commands`: :func:`train`, :func:`evaluate_run` and the
   command line;
-* :mod:`chsnn.summary` and :mod:`chsnn.monitor`: summary.json and the firing rates.
+* :mod:`chsnn.summary` and :mod:`chsnn.contracts`: summary.json and the firing rates (with masks and neuron resets, the package's shared contracts).
 """
 
 from chsnn.commands import RESUMABLE, add_commands, check_out_dir, evaluate_run, train
@@ -36,7 +36,7 @@ from chsnn.config import (
     yaml_load,
     zoo_table,
 )
-from chsnn.monitor import FiringRateProbes
+from chsnn.contracts import FiringRateProbes
 from chsnn.optim import LINEAR_LR_FLOOR, LINEAR_LR_SPAN
 from chsnn.summary import attention_heads, make_summary, summary_screen
 from chsnn.trainer import CALIBRATION_BYTES, Runner, RunInterrupted, TrainingDiverged

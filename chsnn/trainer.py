@@ -24,7 +24,7 @@ from torch import nn
 
 from chsnn import distributed
 from chsnn.config import pick_device
-from chsnn.monitor import FiringRateProbes, firing_rates
+from chsnn.contracts import FiringRateProbes, firing_rates
 from chsnn.optim import check_precision, make_lr_scheduler, make_optimizer
 from chsnn.rundir import SUMMARY, TENSORBOARD, RunDir
 from chsnn.sparse import ConfigError, EngineConfig, SparseEngine

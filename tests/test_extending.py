@@ -82,3 +82,18 @@ def test_an_unregistered_rule_name_is_refused_by_the_config():
 
     with pytest.raises(ConfigError, match="regrowth.*valid values"):
         SparseEngine(mlp(), None, {"method": "set", "regrowth": "rigl_hubs"})
+
+
+def test_the_readme_shows_both_examples_as_the_tests_run_them():
+    """README's "Extending chsnn" holds the tested code blocks of
+    docs/extending_regrowth.md and docs/extending_dataset.md, verbatim."""
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Extending chsnn", 1)[1].split("\n## ", 1)[0]
+    shown = re.findall(r"```python\n(.*?)```", section, re.S)
+    for doc in ("extending_regrowth.md", "extending_dataset.md"):
+        block = re.search(r"```python\n(.*?)```", (root / "docs" / doc).read_text(), re.S).group(1)
+        assert block in shown, f"README's Extending section no longer shows docs/{doc}'s example"
+        assert len(block.strip().splitlines()) <= 15

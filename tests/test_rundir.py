@@ -1,5 +1,5 @@
 """chsnn.rundir: atomic writes, the default checkpoint, load_model; and the
-firing-rate monitor (chsnn.monitor)."""
+firing-rate monitor (chsnn.contracts)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def _runner_model(run_dir):
 
 
 def test_load_model_gives_the_trained_models_outputs(tiny_run):
-    from chsnn.monitor import FiringRateProbes
+    from chsnn.contracts import FiringRateProbes
 
     x = (torch.rand(4, 3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) < 0.5).float() * 3.0
     model = load_model(tiny_run)
@@ -189,7 +189,7 @@ def test_firing_rates_count_every_spike(backend):
     """Rates over SpikingJelly's OutputMonitor equal a hand count with plain
     forward hooks, for both neuron frameworks (snnTorch's (spikes, membrane) outputs too)."""
     from chsnn.models import build_model
-    from chsnn.monitor import FiringRateProbes, neuron_types
+    from chsnn.contracts import FiringRateProbes, neuron_types
 
     torch.manual_seed(0)
     model = build_model("snn-mlp", (1, 8, 8), 4, time_steps=3, hidden=[32, 16], backend=backend).eval()

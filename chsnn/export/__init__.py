@@ -65,7 +65,8 @@ from chsnn.export.state_dict import TORCH_FORMAT, dense_state_bytes, densities, 
 
 # The run's model is rebuilt by chsnn.rundir (no Runner, data or engine); its
 # names stay importable from here.
-from chsnn.rundir import CHECKPOINT_HELP, LoadedRun, build_from_spec, load_run, model_spec, split_state
+from chsnn.rundir import CHECKPOINT_HELP, LoadedRun, build_from_spec, load_run, model_spec
+from chsnn.contracts import split_masked_state
 
 FORMATS = ("torch", "sparse", "nir")
 SUFFIXES = {"torch": ".pt", "sparse": ".npz", "nir": ".nir"}
@@ -76,7 +77,7 @@ __all__ = [
     "default_export_path", "dense_state_bytes", "densities", "example_input", "export_run", "forward_order", "from_nir",
     "layer_mappers", "lif_node", "load_export", "load_run", "load_sparse", "load_torch", "model_mappers", "model_spec",
     "neuron_parameters", "node_builders", "read_sparse", "save_nir", "save_sparse", "save_torch", "sparse_state",
-    "split_state", "to_nir",
+    "split_masked_state", "to_nir",
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chsnn.contracts import EXPORT_MASKS
 from chsnn.export.layers import ExportError, forward_order, neuron_parameters
 from chsnn.rundir import LoadedRun, build_from_spec
 
@@ -130,6 +131,6 @@ def load_sparse(path) -> nn.Module:
     state, masks = sparse_state(meta, arrays)
     model = build_from_spec(meta)
     model.load_state_dict(state, strict=True)
-    model.export_masks = masks  # the CSR structure, for chsnn.inference
+    setattr(model, EXPORT_MASKS, masks)  # the CSR structure, for chsnn.inference
     return model
 

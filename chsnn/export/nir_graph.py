@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from chsnn.export.layers import ExportError, neuron_parameters
-from chsnn.monitor import neuron_types
+from chsnn.contracts import neuron_types
 from chsnn.rundir import LoadedRun, model_spec
 
 NIR_DT = 1e-4  # seconds per time step in the NIR graphs (SpikingJelly's and most NIR tools' default)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chsnn.contracts import reset_network
 from chsnn.export.layers import ExportError
 from chsnn.export.nir_graph import NIR_DT, nir_module
 
@@ -74,9 +75,7 @@ class NIRNetwork(nn.Module):
         return build(node, name, self.dt)
 
     def reset_states(self) -> None:
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(self)
+        reset_network(self)
 
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
         self.reset_states()
