@@ -155,14 +155,12 @@ def write_section(path: Path, key: str, body: str) -> None:
 
 
 def linkpred_report(device: torch.device, rows: list[dict], command: str) -> str:
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"## CH3-L3 link prediction on {device.type.upper()}\n\n"
         f"Command: `{command}`  \n"
         f"Machine: {machine_description(device)}  \n"
-        f"Measured: {when}; float64; median of the timed runs after 2 warm-up calls.\n\n"
-        + markdown_table(rows)
-        + "\n"
+        f"Measured: {when}; float64; median of the timed runs after 2 warm-up calls.\n\n" + markdown_table(rows) + "\n"
     )
 
 
@@ -327,7 +325,12 @@ def bench_engine_overhead(device: torch.device, steps: int = 200, block: int = E
     ]
     optimizers = [("sgd", "SGD, momentum 0.9"), ("adam", "Adam (default, for-loop)"), ("adam-fused", "Adam (fused=True)")]
     warmup = ENGINE_WARMUP_STEPS
-    bar = tqdm(total=len(optimizers) * len(variants) * (steps + warmup), desc=f"engine overhead on {device.type}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(optimizers) * len(variants) * (steps + warmup),
+        desc=f"engine overhead on {device.type}",
+        disable=not progress,
+        leave=False,
+    )
     rows = []
     for opt_key, opt_label in optimizers:
         runs = []
@@ -340,8 +343,10 @@ def bench_engine_overhead(device: torch.device, steps: int = 200, block: int = E
             runs.append(run)
         for r in range(rounds):
             bar.set_postfix_str(f"{opt_label}, round {r + 1}/{rounds}")
-            for run in runs[r % len(runs):] + runs[: r % len(runs)]:
-                run["times"] += time_call(lambda: _train_step(run["model"], run["opt"], batches, run["counter"]), device, repeats=block, warmup=0)
+            for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
+                run["times"] += time_call(
+                    lambda: _train_step(run["model"], run["opt"], batches, run["counter"]), device, repeats=block, warmup=0
+                )
                 bar.update(block)
         dense_median = statistics.median(runs[0]["times"]) * 1e3
         for i, run in enumerate(runs):
@@ -401,8 +406,15 @@ class _OtherLoad:
         self.fraction = max(0.0, (busy - self.busy - own_s) / (wall * (os.cpu_count() or 1)))
 
 
-def engine_report(device: torch.device, update_rows: list[dict], layer_names: list[str], overhead_rows: list[dict], command: str, other_load: float | None = None) -> str:
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def engine_report(
+    device: torch.device,
+    update_rows: list[dict],
+    layer_names: list[str],
+    overhead_rows: list[dict],
+    command: str,
+    other_load: float | None = None,
+) -> str:
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     sizes = "-".join(map(str, ENGINE_SIZES))
     layers = ", ".join(f"L{i + 1} = layer {name}" for i, name in enumerate(layer_names))
     load_note = f"; other processes used {other_load:.0%} of the CPU time meanwhile" if other_load is not None else ""
@@ -426,7 +438,7 @@ def engine_report(device: torch.device, update_rows: list[dict], layer_names: li
         "### Topology update time\n\n"
         f"`engine.update_topology()` with `update_interval: 0`, Adam; before each update one training step "
         f"(batch 64) so the weights change; {updates} timed updates after {ENGINE_WARMUP_UPDATES} warm-up updates. "
-        "`median`/`min ms` are the engine's own `record[\"ms\"]`; `wall` is the time around the call "
+        '`median`/`min ms` are the engine\'s own `record["ms"]`; `wall` is the time around the call '
         f"(synchronised on CUDA). Per-layer medians: {layers} (removal, regrowth and commit of that layer); "
         "`rest` is the remainder of the update (the calibration pass of LRS removal, chain removal, percolation). "
         "chsnn and cht calibrate on one batch of 128 random inputs.\n\n"
@@ -436,8 +448,9 @@ def engine_report(device: torch.device, update_rows: list[dict], layer_names: li
         + "### Masked training overhead\n\n"
         f"Per optimizer step (forward, backward, step; batch 128), the same MLP with no engine at all and under the "
         f"chsnn engine, {steps} timed steps each after {ENGINE_WARMUP_STEPS} warm-up steps, interleaved in blocks of "
-        f"{ENGINE_BLOCK} steps whose order rotates every round so machine noise falls on all of them alike. `updates timed` counts the topology updates that "
-        "fell inside the timed steps and `update ms / step` is their total (the engine's `record[\"ms\"]`) over the "
+        f"{ENGINE_BLOCK} steps whose order rotates every round so machine noise falls on all of them alike. "
+        "`updates timed` counts the topology updates that "
+        'fell inside the timed steps and `update ms / step` is their total (the engine\'s `record["ms"]`) over the '
         "timed steps; overhead (median) = engine median / dense median - 1; overhead with updates adds "
         "`update ms / step` to the engine's median (the mean per step is shown too, but it also takes in machine noise).\n\n"
         + markdown_table(overhead_rows)
@@ -454,7 +467,9 @@ def engine_report(device: torch.device, update_rows: list[dict], layer_names: li
     )
 
 
-def bench_engine(device: torch.device, repeats: int = 15, steps: int = 200, progress: bool = True, command: str = "chsnn bench engine") -> str:
+def bench_engine(
+    device: torch.device, repeats: int = 15, steps: int = 200, progress: bool = True, command: str = "chsnn bench engine"
+) -> str:
     """Both engine benchmarks on one device; returns the markdown section."""
     with _OtherLoad() as load:
         update_rows, layer_names = bench_engine_updates(device, repeats=repeats, progress=progress)
@@ -462,5 +477,7 @@ def bench_engine(device: torch.device, repeats: int = 15, steps: int = 200, prog
     return engine_report(device, update_rows, layer_names, overhead_rows, command, load.fraction)
 
 
-def run_engine(devices: list[str], repeats: int, out: Path | None, progress: bool = True, steps: int = 200, command: str = "chsnn bench engine") -> int:
+def run_engine(
+    devices: list[str], repeats: int, out: Path | None, progress: bool = True, steps: int = 200, command: str = "chsnn bench engine"
+) -> int:
     return _run("engine", devices, out, lambda device: bench_engine(device, repeats, steps, progress, command.strip()))

@@ -44,19 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     bench = sub.add_parser("bench", help="run a benchmark and record it in BENCHMARKS.md")
-    bench.add_argument("name", choices=["linkpred", "engine"], help="which benchmark: CH link prediction, or the sparse engine's topology updates and training overhead")
+    bench.add_argument(
+        "name",
+        choices=["linkpred", "engine"],
+        help="which benchmark: CH link prediction, or the sparse engine's topology updates and training overhead",
+    )
     bench.add_argument("--device", action="append", help="cpu or cuda (repeatable; default: cpu, and cuda when present)")
-    bench.add_argument("--repeats", type=int, help="timed runs per case, median reported (default: 7; engine: 15 topology updates per method)")
-    bench.add_argument("--steps", type=int, default=200, help="engine only: timed training steps per model in the overhead test (default: 200)")
+    bench.add_argument(
+        "--repeats", type=int, help="timed runs per case, median reported (default: 7; engine: 15 topology updates per method)"
+    )
+    bench.add_argument(
+        "--steps", type=int, default=200, help="engine only: timed training steps per model in the overhead test (default: 200)"
+    )
     bench.add_argument("--out", default="BENCHMARKS.md", help="markdown file to update (default: BENCHMARKS.md)")
     bench.add_argument("--no-write", action="store_true", help="print the table only")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)
 
+    from chsnn.commands import add_commands
     from chsnn.export import add_export_command
     from chsnn.report import add_report_command
     from chsnn.sweep import add_sweep_command
-    from chsnn.commands import add_commands
 
     add_commands(sub)
     add_report_command(sub)
@@ -78,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, LinkPredictionMemoryError) as exc:  # ConfigError, DataError, MissingDataError, CheckpointError, bad model options
+    except (
+        ValueError,
+        FileNotFoundError,
+        LinkPredictionMemoryError,
+    ) as exc:  # ConfigError, DataError, MissingDataError, CheckpointError, bad model options
         print(f"chsnn {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # a file or directory that cannot be written or read

@@ -101,7 +101,9 @@ def resumed_config(run: RunDir, max_steps: int | None, device: str | None, reque
     try:
         ckpt = run.checkpoint("latest", training=True).state
     except CheckpointError as exc:
-        hint = f"; {run.file('best.pt')} is there: copy it to latest.pt to resume from the best epoch" if run.file("best.pt").is_file() else ""
+        hint = (
+            f"; {run.file('best.pt')} is there: copy it to latest.pt to resume from the best epoch" if run.file("best.pt").is_file() else ""
+        )
         raise CheckpointError(f"--resume: {exc}{hint}") from None
     cfg = with_defaults(dict(ckpt["config"], max_steps=max_steps))  # keys added since the run started get their defaults
     conflicts = resume_conflicts(cfg, requested)
@@ -206,7 +208,11 @@ def add_commands(sub) -> None:
     p.add_argument("--out", help="run directory (default: runs/MODEL_DATA_METHOD_sSPARSITY_seedSEED)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. engine.zeta=0.2")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--smoke", action="store_true", help="random data of the config's data shape, 1 epoch, 2 steps unless --max-steps: checks a config in seconds")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="random data of the config's data shape, 1 epoch, 2 steps unless --max-steps: checks a config in seconds",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.set_defaults(func=_train_command)
 
@@ -237,7 +243,10 @@ def _train_command_inner(args) -> int:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
         if args.config or args.smoke:
             given = ", ".join(o for o, v in (("--config", args.config), ("--smoke", args.smoke)) if v)
-            raise ConfigError(f"--resume continues the run in {out} with its saved config; {given} would start another: drop it, or give a new --out without --resume")
+            raise ConfigError(
+                f"--resume continues the run in {out} with its saved config; {given} would start another: "
+                "drop it, or give a new --out without --resume"
+            )
         requested = {}
         for option, path, value in (
             ("--data", ("data",), None if args.data is None else resolve_data_path(args.data)),
@@ -256,7 +265,14 @@ def _train_command_inner(args) -> int:
             check_device_name(args.device)
         train(None, out, resume=True, quiet=args.quiet, max_steps=args.max_steps, device=args.device, requested=requested)
         return 0
-    overrides = {"data": args.data, "model": args.model, "epochs": args.epochs, "max_steps": args.max_steps, "seed": args.seed, "device": args.device}
+    overrides = {
+        "data": args.data,
+        "model": args.model,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "seed": args.seed,
+        "device": args.device,
+    }
     engine = {k: v for k, v in {"method": args.method, "sparsity": args.sparsity}.items() if v is not None}
     if engine:
         overrides["engine"] = engine
@@ -291,7 +307,16 @@ def _zoo_command(args) -> int:
     table = [("config", "model", "data", "method", "sparsity", "test acc", "seconds", "")]
     for r in rows:
         table.append(
-            (r["name"], r["model"], str(r["data"]), r["method"], fmt(r["sparsity"], ".2f"), fmt(r["test_accuracy"], ".4f"), fmt(r["wall_seconds"], ".0f"), "(default)" if r["default"] else "")
+            (
+                r["name"],
+                r["model"],
+                str(r["data"]),
+                r["method"],
+                fmt(r["sparsity"], ".2f"),
+                fmt(r["test_accuracy"], ".4f"),
+                fmt(r["wall_seconds"], ".0f"),
+                "(default)" if r["default"] else "",
+            )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

@@ -20,7 +20,6 @@ import torch
 
 from chsnn.sparse import ConfigError, EngineConfig
 
-
 ZOO_DIR = Path(os.environ.get("CHSNN_ZOO", Path(__file__).resolve().parent.parent / "models"))
 DEFAULT_CONFIG = "snn-mlp_ndigits"
 
@@ -88,7 +87,9 @@ def _strict_loader():
             key = loader.construct_object(key_node, deep=True)
             try:
                 if key in seen:
-                    raise ConfigError(f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); give each key once")
+                    raise ConfigError(
+                        f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); give each key once"
+                    )
             except TypeError:  # an unhashable key: SafeLoader says so below
                 continue
             seen[key] = key_node.start_mark.line
@@ -226,7 +227,11 @@ def validate_config(cfg: dict) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "time_steps", "updates_per_epoch", "min_update_steps"):
         need(key, is_int(cfg[key]) and cfg[key] > 0, "it must be a whole number > 0")
     if cfg["calibration_batches"] is not None:
-        need("calibration_batches", is_int(cfg["calibration_batches"]) and cfg["calibration_batches"] > 0, "it must be a whole number > 0, or null")
+        need(
+            "calibration_batches",
+            is_int(cfg["calibration_batches"]) and cfg["calibration_batches"] > 0,
+            "it must be a whole number > 0, or null",
+        )
     if cfg["max_steps"] is not None:
         need("max_steps", is_int(cfg["max_steps"]) and cfg["max_steps"] > 0, "it must be a whole number > 0")
     one_of("optimizer", OPTIMIZERS, "optimizers")
@@ -240,7 +245,11 @@ def validate_config(cfg: dict) -> None:
     need("num_workers", is_int(cfg["num_workers"]) and cfg["num_workers"] >= 0, "it must be a whole number >= 0")
     need("dist_timeout", is_number(cfg["dist_timeout"]) and cfg["dist_timeout"] > 0, "it must be a number of seconds > 0")
     for key in ("description", "model", "data"):
-        need(key, isinstance(cfg[key], str) and (key == "description" or cfg[key].strip() != ""), "it must be a string" + (" (a name)" if key != "description" else ""))
+        need(
+            key,
+            isinstance(cfg[key], str) and (key == "description" or cfg[key].strip() != ""),
+            "it must be a string" + (" (a name)" if key != "description" else ""),
+        )
     need("device", isinstance(cfg["device"], str), f"valid devices are {DEVICES_TEXT}")
     check_device_name(cfg["device"])
     for key in ("model_options", "data_options", "engine", "results"):
@@ -299,10 +308,14 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name} was asked for, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        raise ConfigError(
+            f"device {name} was asked for, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
     if device.type == "cuda" and device.index is None and local_rank is not None:
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"local rank {local_rank} has no GPU: torch sees {torch.cuda.device_count()}; start at most that many processes per node")
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU: torch sees {torch.cuda.device_count()}; start at most that many processes per node"
+            )
         device = torch.device("cuda", local_rank)
     return device
 
@@ -314,7 +327,6 @@ def default_run_dir(cfg: dict) -> Path:
     e = cfg["engine"]
     name = f"{cfg['model']}_{str(cfg['data']).split(':')[0]}_{e.get('method', 'chsnn')}_s{e.get('sparsity', 0)}_seed{cfg['seed']}"
     return Path("runs") / name
-
 
 
 def zoo_table() -> list[dict]:

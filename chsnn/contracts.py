@@ -37,7 +37,19 @@ MASK_F = "weight_mask_f"  # the same mask in the weight's dtype; not persistent
 MASK_BUFFERS = (MASK, MASK_F)
 EXPORT_MASKS = "export_masks"  # {module name: bool mask} on a model loaded from a sparse export
 
-__all__ = ["MASK", "MASK_F", "MASK_BUFFERS", "EXPORT_MASKS", "masks_of", "strip_masks", "split_masked_state", "reset_network", "neuron_types", "FiringRateProbes", "firing_rates"]
+__all__ = [
+    "MASK",
+    "MASK_F",
+    "MASK_BUFFERS",
+    "EXPORT_MASKS",
+    "masks_of",
+    "strip_masks",
+    "split_masked_state",
+    "reset_network",
+    "neuron_types",
+    "FiringRateProbes",
+    "firing_rates",
+]
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -164,4 +176,3 @@ def _totals(records: list[tuple[float, int]]) -> list[float]:
 def firing_rates(counts: dict[str, list[float]]) -> dict[str, float]:
     """Spikes per neuron per step of each layer that ran, from :attr:`FiringRateProbes.counts`."""
     return {name: spikes / steps for name, (spikes, steps) in counts.items() if steps}
-

@@ -62,7 +62,7 @@ import datetime
 import hashlib
 import importlib
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -248,7 +248,10 @@ def all_reduce(x, op: str = "sum", what: str = "an all-reduce"):
     _leaves(x, leaves)
     if not leaves:
         return x
-    parts = [v.detach().reshape(-1).to(torch.float64) if isinstance(v, torch.Tensor) else torch.tensor([float(v)], dtype=torch.float64) for v in leaves]
+    parts = [
+        v.detach().reshape(-1).to(torch.float64) if isinstance(v, torch.Tensor) else torch.tensor([float(v)], dtype=torch.float64)
+        for v in leaves
+    ]
     sizes = [p.numel() for p in parts]
     flat = torch.cat([p.to(_backend_device()) for p in parts])
     all_reduce_(flat, what)

@@ -38,7 +38,7 @@ operations only).
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -137,7 +137,7 @@ class _Tally:
         if x.dim() == spatial + 1:  # unbatched (C, *spatial)
             x = x.unsqueeze(0)
         elif x.dim() > spatial + 2:  # (T, N, C, *spatial) or more leading dims
-            x = x.reshape(-1, *x.shape[-(spatial + 1):])
+            x = x.reshape(-1, *x.shape[-(spatial + 1) :])
         if x.dim() != spatial + 2 or x.shape[1] != c_in:
             raise ValueError(f"{self.name}: cannot read input of shape {tuple(x.shape)} for a conv with {c_in} input channels")
         n_images = x.shape[0]

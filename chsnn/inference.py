@@ -70,7 +70,14 @@ class SparseLinear(nn.Module):
     ``method``). ``binary_input``: the inputs are 0/1 spikes (``spikes``
     then needs no per-entry weights). Takes ``(..., in)``, returns ``(..., out)``."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None = None, method: str = "torch", binary_input: bool = False):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
+        method: str = "torch",
+        binary_input: bool = False,
+    ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown sparse inference method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -129,7 +136,9 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.in_features * self.out_features)
-        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, density={density:.4f}, method={self.method}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, density={density:.4f}, method={self.method}"
+        )
 
 
 class DenseLinear(nn.Module):
@@ -155,7 +164,7 @@ class InferenceLIF(nn.Module):
         self.tau, self.decay_input, self.v_threshold, self.v_reset = float(tau), bool(decay_input), float(v_threshold), v_reset
 
     @classmethod
-    def from_node(cls, node: nn.Module) -> "InferenceLIF":
+    def from_node(cls, node: nn.Module) -> InferenceLIF:
         return cls(node.tau, getattr(node, "decay_input", True), node.v_threshold, node.v_reset)
 
     def reset(self) -> None:  # stateless between calls
@@ -229,7 +238,9 @@ def _model_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
-def to_sparse_inference(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, method: str = "torch", max_density: float = 1.0) -> SparseSpikingMLP:
+def to_sparse_inference(
+    model: nn.Module, masks: dict[str, torch.Tensor] | None = None, method: str = "torch", max_density: float = 1.0
+) -> SparseSpikingMLP:
     """The sparse inference form of a trained SpikingJelly ``snn-mlp``.
 
     Args:

@@ -39,6 +39,9 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"config precision={precision!r} is not allowed; valid precisions are {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"precision fp16 needs a CUDA device (it trains with a GradScaler, CUDA only); the device is {device}: use precision bf16 or fp32")
+        raise ConfigError(
+            "precision fp16 needs a CUDA device (it trains with a GradScaler, CUDA only); "
+            f"the device is {device}: use precision bf16 or fp32"
+        )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision bf16: the GPU {torch.cuda.get_device_name(device)} does not support bfloat16; use fp16 or fp32")

@@ -13,9 +13,10 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import torch
 from torch import nn
@@ -170,7 +171,9 @@ class RunDir:
         self.require()
         present = self.checkpoints()
         if not present:
-            raise FileNotFoundError(f"{self.path} holds no checkpoint ({' or '.join(f'{c}.pt' for c in CHECKPOINTS)}); is it a chsnn run directory?")
+            raise FileNotFoundError(
+                f"{self.path} holds no checkpoint ({' or '.join(f'{c}.pt' for c in CHECKPOINTS)}); is it a chsnn run directory?"
+            )
         name = f"{which or DEFAULT_CHECKPOINT}.pt"
         if name in present:
             return self.file(name)
@@ -251,7 +254,9 @@ def model_spec(model: nn.Module) -> dict:
 def build_from_spec(spec: dict) -> nn.Module:
     from chsnn.models import build_model
 
-    model = build_model(spec["model"], tuple(spec["input_shape"]), spec["n_classes"], time_steps=spec.get("time_steps"), **spec.get("options", {}))
+    model = build_model(
+        spec["model"], tuple(spec["input_shape"]), spec["n_classes"], time_steps=spec.get("time_steps"), **spec.get("options", {})
+    )
     return model.eval()
 
 

@@ -74,7 +74,8 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         f"{summary['model']} on {summary['dataset']}, method {summary['method']}, seed {summary['seed']}",
         f"  test accuracy  {summary['test_accuracy']:.4f}  (best {summary['best_test_accuracy']:.4f})",
         f"  sparsity       {summary['sparsity']:.4f} over the sparse layers; percolation {summary['percolation']:.3f}",
-        f"  epochs {summary['epochs']}, steps {summary['steps']}, topology updates {summary['topology_updates']}, {summary['wall_seconds']:.1f} s on {summary['device']}",
+        f"  epochs {summary['epochs']}, steps {summary['steps']}, topology updates {summary['topology_updates']}, "
+        f"{summary['wall_seconds']:.1f} s on {summary['device']}",
     ]
     if summary.get("world_size", 1) > 1:
         agree = "masks and weights agree" if summary.get("ranks_agree") else "MASKS OR WEIGHTS DIFFER between ranks"
@@ -94,7 +95,10 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         shape = "x".join(map(str, layer["shape"]))
         frozen = layer.get("frozen_at_step")
         evolved = f"   {layer.get('turnover', 0.0):>8.3f}  {'-' if frozen is None else f'step {frozen}'}"
-        lines.append(f"  {layer['name']:<30} {shape:<16} {layer['density']:.4f}    {str(layer['active_in']) + '/' + str(layer['active_out']):<15}{evolved}")
+        lines.append(
+            f"  {layer['name']:<30} {shape:<16} {layer['density']:.4f}    "
+            f"{str(layer['active_in']) + '/' + str(layer['active_out']):<15}{evolved}"
+        )
     if summary.get("dense_output"):
         lines.append(f"  {summary['dense_output']:<30} (output layer, dense)")
     lines.append(f"  run directory: {out_dir}")

@@ -156,7 +156,9 @@ def plan_runs(grid: dict) -> list[Run]:
             if run is None:
                 runs[name] = run = Run(label, None if dense else float(sparsity), seed, cfg, out / name)
             elif _comparable(run.cfg) != _comparable(cfg):
-                raise ConfigError(f"sweep: label {label!r} names two different configs (in methods and ablation); give them different labels")
+                raise ConfigError(
+                    f"sweep: label {label!r} names two different configs (in methods and ablation); give them different labels"
+                )
             run.groups.add(group)
 
     for label, options in grid["methods"].items():
@@ -290,7 +292,9 @@ def _pm(mean, std, digits=4):
 def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -> str:
     """Methods down, sparsities across: final test accuracy, mean ± std."""
     by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
-    head = "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | SOPs / sample at " + " / ".join(f"{s:g}" for s in sparsities) + " |"
+    head = (
+        "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | SOPs / sample at " + " / ".join(f"{s:g}" for s in sparsities) + " |"
+    )
     lines = [head, "|" + "---|" * (len(sparsities) + 2)]
     for label in labels:
         dense = (label, None) in by
@@ -374,8 +378,16 @@ def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float]
             ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label}")
             continue
         pts = sorted((p for p in pts if p["sparsity"] in sparsities), key=lambda p: p["sparsity"])
-        ax.errorbar([xs[sparsities.index(p["sparsity"])] for p in pts], [p["test_accuracy"] for p in pts], yerr=[p["test_accuracy_std"] for p in pts],
-                    marker="o", ms=4, capsize=3, lw=1.5 if label == "chsnn" else 1, label=label)
+        ax.errorbar(
+            [xs[sparsities.index(p["sparsity"])] for p in pts],
+            [p["test_accuracy"] for p in pts],
+            yerr=[p["test_accuracy_std"] for p in pts],
+            marker="o",
+            ms=4,
+            capsize=3,
+            lw=1.5 if label == "chsnn" else 1,
+            label=label,
+        )
     ax.set_xticks(xs, [f"{s:g}" for s in sparsities])
     ax.set_xlabel("sparsity")
     ax.set_ylabel("final test accuracy (mean ± std over seeds)")
@@ -395,7 +407,9 @@ def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | No
         return None
     fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(pts)))
     ys = list(range(len(pts)))[::-1]
-    ax.barh(ys, [p["test_accuracy"] for p in pts], xerr=[p["test_accuracy_std"] for p in pts], color=["C3"] + ["C0"] * (len(pts) - 1), capsize=3)
+    ax.barh(
+        ys, [p["test_accuracy"] for p in pts], xerr=[p["test_accuracy_std"] for p in pts], color=["C3"] + ["C0"] * (len(pts) - 1), capsize=3
+    )
     ax.set_yticks(ys, [p["label"] for p in pts], fontsize=8)
     lo = min(p["test_accuracy"] - p["test_accuracy_std"] for p in pts)
     ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(p["test_accuracy"] + p["test_accuracy_std"] for p in pts) + 0.02))
@@ -421,11 +435,13 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
     )
 
 
-def write_results(grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = "") -> dict:
+def write_results(
+    grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = ""
+) -> dict:
     """Tables, verdicts and figures of the finished runs (``parallel``: how they were trained, for the machine line)."""
-    from chsnn.bench import cpu_name, write_section
-
     import torch
+
+    from chsnn.bench import cpu_name, write_section
 
     rows = aggregate(runs)
     out = Path(grid["out"])
@@ -436,7 +452,9 @@ def write_results(grid: dict, runs: list[Run], command: str, results_file: Path 
     ab_labels = list(ablation["variants"]) if ablation else []
     figures = {"accuracy": accuracy_figure(rows, labels, sparsities, grid["title"])}
     if ablation:
-        figures["ablation"] = ablation_figure(rows, ab_labels, f"{grid['title']}: CH-SNN stages ablated, sparsity {ablation.get('sparsity', 0.95):g}")
+        figures["ablation"] = ablation_figure(
+            rows, ab_labels, f"{grid['title']}: CH-SNN stages ablated, sparsity {ablation.get('sparsity', 0.95):g}"
+        )
     fig_paths = {}
     for key, svg in figures.items():
         if svg is None:
@@ -460,7 +478,8 @@ def write_results(grid: dict, runs: list[Run], command: str, results_file: Path 
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
         "",
-        f"Final-epoch test accuracy, mean ± std over {n_seeds} seeds (each seed draws its own initialisation, data order and, where the data is split, split):",
+        f"Final-epoch test accuracy, mean ± std over {n_seeds} seeds "
+        "(each seed draws its own initialisation, data order and, where the data is split, split):",
         "",
         method_table(rows, labels, sparsities),
         "",
@@ -494,8 +513,11 @@ def write_results(grid: dict, runs: list[Run], command: str, results_file: Path 
 
 
 def add_sweep_command(sub) -> None:
-    p = sub.add_parser("sweep", help="train methods x sparsities x seeds from a YAML grid and tabulate them",
-                       description=__doc__.split("\n\n")[0] + " See models/sweeps/ for the grids behind models/RESULTS.md.")
+    p = sub.add_parser(
+        "sweep",
+        help="train methods x sparsities x seeds from a YAML grid and tabulate them",
+        description=__doc__.split("\n\n")[0] + " See models/sweeps/ for the grids behind models/RESULTS.md.",
+    )
     p.add_argument("grid", help="sweep grid YAML (e.g. models/sweeps/snn-mlp_ndigits.yaml)")
     p.add_argument("--workers", type=int, help="training processes at a time (default: CPU cores / threads)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
@@ -528,12 +550,18 @@ def _sweep_command(args) -> int:
     command = "chsnn sweep " + " ".join(shlex.quote(a) for a in shown)
     results_file = Path(args.results) if args.results else None
     figures_dir = Path(args.figures) if args.figures else (results_file.parent / "figures" if results_file else None)
-    parallel = "" if args.table_only else f"; trained {workers} at a time, {args.threads} torch thread(s) each (wall times vary with the load)"
+    parallel = (
+        "" if args.table_only else f"; trained {workers} at a time, {args.threads} torch thread(s) each (wall times vary with the load)"
+    )
     result = write_results(grid, runs, command, results_file, figures_dir, parallel)
     print((Path(grid["out"]) / "results.md").read_text())
     for run, tail in failures:
         print(f"FAILED {run.run_dir} — last lines of {run.run_dir / 'train.log'}:\n{tail}", file=sys.stderr)
     if failures:
-        print(f"chsnn sweep: {len(failures)} of {result['total']} runs failed; fix the cause and run the same command again (finished runs are kept)", file=sys.stderr)
+        print(
+            f"chsnn sweep: {len(failures)} of {result['total']} runs failed; "
+            "fix the cause and run the same command again (finished runs are kept)",
+            file=sys.stderr,
+        )
         return 1
     return 0

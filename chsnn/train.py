@@ -9,7 +9,8 @@ This module only gathers the names that used to live here; the code is in
   its default checkpoint, atomic writes, :func:`~chsnn.rundir.load_model`;
 * :mod:`chsnn.commands`: :func:`train`, :func:`evaluate_run` and the
   command line;
-* :mod:`chsnn.summary` and :mod:`chsnn.contracts`: summary.json and the firing rates (with masks and neuron resets, the package's shared contracts).
+* :mod:`chsnn.summary` and :mod:`chsnn.contracts`: summary.json and the
+  firing rates (with masks and neuron resets, the package's shared contracts).
 """
 
 from chsnn.commands import RESUMABLE, add_commands, check_out_dir, evaluate_run, train
@@ -39,7 +40,7 @@ from chsnn.config import (
 from chsnn.contracts import FiringRateProbes
 from chsnn.optim import LINEAR_LR_FLOOR, LINEAR_LR_SPAN
 from chsnn.summary import attention_heads, make_summary, summary_screen
-from chsnn.trainer import CALIBRATION_BYTES, Runner, RunInterrupted, TrainingDiverged
+from chsnn.trainer import CALIBRATION_BYTES, RunInterrupted, Runner, TrainingDiverged
 
 __all__ = [
     "CALIBRATION_BYTES", "DEFAULTS", "DEFAULT_CONFIG", "DEVICES_TEXT", "ENCODERS", "LINEAR_LR_FLOOR", "LINEAR_LR_SPAN",

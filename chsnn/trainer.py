@@ -77,14 +77,18 @@ class Runner:
         self.precision = cfg.get("precision", "fp32")
         check_precision(self.precision, self.device)
         if self.world > 1 and cfg["batch_size"] < self.world:
-            raise ConfigError(f"batch_size {cfg['batch_size']} is the global batch, split over {self.world} ranks: it must be at least {self.world}")
+            raise ConfigError(
+                f"batch_size {cfg['batch_size']} is the global batch, split over {self.world} ranks: it must be at least {self.world}"
+            )
         torch.manual_seed(cfg["seed"])
         data_options = dict(cfg["data_options"])
         data_options.setdefault("seed", cfg["seed"])
         data_options.setdefault("time_steps", cfg["time_steps"])
         self.data = load_dataset(cfg["data"], **data_options)
         self._encode = encode
-        self.model = build_model(cfg["model"], self.data.input_shape, self.data.n_classes, time_steps=cfg["time_steps"], **cfg["model_options"]).to(self.device)
+        self.model = build_model(
+            cfg["model"], self.data.input_shape, self.data.n_classes, time_steps=cfg["time_steps"], **cfg["model_options"]
+        ).to(self.device)
         distributed.broadcast_module(self.model)  # every rank starts from rank 0's model
         self.spiking = bool(getattr(self.model, "spiking", False))
         self.steps_per_epoch = math.ceil(len(self.data.train) / cfg["batch_size"])
@@ -98,7 +102,9 @@ class Runner:
         engine_cfg = self._engine_options()
         # Each rank calibrates on its part of the first batches; the engine's
         # sync hooks reduce the statistics over the ranks.
-        batches = self.batches(self.data.train, cfg["batch_size"], epoch=-1, limit=engine_cfg["calibration_batches"], shard=True, shuffle=True)
+        batches = self.batches(
+            self.data.train, cfg["batch_size"], epoch=-1, limit=engine_cfg["calibration_batches"], shard=True, shuffle=True
+        )
         calibration = [self.prepare(x) for x, y in batches if y.numel()]
         self.sync = distributed.DistributedSync() if self.world > 1 else None
         self.engine = SparseEngine(
@@ -274,9 +280,15 @@ class Runner:
     # State
 
     def rng_state(self) -> dict:
-        return {"torch": torch.get_rng_state(), "encode": self.encode_gen.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        return {
+            "torch": torch.get_rng_state(),
+            "encode": self.encode_gen.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
 
-    def checkpoint(self, epoch: int, step_in_epoch: int, best: float, history: list, rank_rngs: list | None = None, partial: dict | None = None) -> dict:
+    def checkpoint(
+        self, epoch: int, step_in_epoch: int, best: float, history: list, rank_rngs: list | None = None, partial: dict | None = None
+    ) -> dict:
         """The run's state (weights, masks, engine, optimizer, schedule, RNG);
         ``rank_rngs``: every rank's RNG state, for a multi-process run;
         ``partial``: the train loss/accuracy sums of the epoch in progress (so a
@@ -373,9 +385,14 @@ class Runner:
                     )
         except TrainingDiverged as exc:
             latest = run.file("latest.pt")
-            kept = f"the last good checkpoint {latest} (step {p.last_saved}) is kept" if p.last_saved is not None else "no checkpoint was written"
+            kept = (
+                f"the last good checkpoint {latest} (step {p.last_saved}) is kept"
+                if p.last_saved is not None
+                else "no checkpoint was written"
+            )
             raise TrainingDiverged(
-                f"training diverged: {exc}; lr is {self.cfg['lr']} with {self.cfg['optimizer']}: lower it. Stopped: {kept}, and no summary.json was written"
+                f"training diverged: {exc}; lr is {self.cfg['lr']} with {self.cfg['optimizer']}: lower it. "
+                f"Stopped: {kept}, and no summary.json was written"
             ) from None
         except KeyboardInterrupt:
             if main:  # no collective here: the other ranks may be anywhere
@@ -405,10 +422,17 @@ class Runner:
         bar = tqdm(total=self.steps_per_epoch, initial=p.skip, desc=f"epoch {p.epoch + 1}/{self.cfg['epochs']}", disable=quiet, leave=False)
         p.done_in_epoch = p.skip
         max_steps = self.cfg["max_steps"]
-        for b, (x, y) in enumerate(self.batches(self.data.train, self.cfg["batch_size"], p.epoch, skip=p.skip, shard=self.world > 1), start=p.skip):
+        for b, (x, y) in enumerate(
+            self.batches(self.data.train, self.cfg["batch_size"], p.epoch, skip=p.skip, shard=self.world > 1), start=p.skip
+        ):
             self.train_step(x, y, b, p)
             if not quiet:
-                bar.set_postfix(loss=f"{p.loss_sum / max(p.seen, 1):.3f}", acc=f"{p.correct / max(p.seen, 1):.3f}", density=f"{1 - self.engine.sparsity():.4f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{p.loss_sum / max(p.seen, 1):.3f}",
+                    acc=f"{p.correct / max(p.seen, 1):.3f}",
+                    density=f"{1 - self.engine.sparsity():.4f}",
+                    refresh=False,
+                )
                 bar.update()
             if max_steps is not None and p.step >= max_steps:
                 p.stopped = True
@@ -460,7 +484,9 @@ class Runner:
         engine = self.engine
         if self.world > 1:
             distributed.average_buffers(self.model)
-            p.loss_sum, p.correct, p.seen = distributed.all_reduce([float(p.loss_sum), int(p.correct), int(p.seen)], what="reducing the training metrics")
+            p.loss_sum, p.correct, p.seen = distributed.all_reduce(
+                [float(p.loss_sum), int(p.correct), int(p.seen)], what="reducing the training metrics"
+            )
         # Nothing non-finite is evaluated, logged or saved (every rank holds the same weights and sums).
         if not math.isfinite(p.loss_sum):
             raise TrainingDiverged(f"the training loss is {p.loss_sum / max(p.seen, 1)} over epoch {p.epoch + 1} (step {p.step})")
@@ -503,7 +529,14 @@ class Runner:
         run.append_metrics(row)
         log_tensorboard(writer, row)
         sums = None if complete else p.epoch_sums()
-        ckpt = self.checkpoint(p.epoch + 1 if complete else p.epoch, 0 if complete else p.done_in_epoch, max(p.best, row["test_accuracy"]), p.history, rank_rngs, sums)
+        ckpt = self.checkpoint(
+            p.epoch + 1 if complete else p.epoch,
+            0 if complete else p.done_in_epoch,
+            max(p.best, row["test_accuracy"]),
+            p.history,
+            rank_rngs,
+            sums,
+        )
         run.save("latest.pt", ckpt)
         p.last_saved = p.step
         if row["test_accuracy"] > p.best:

@@ -1,6 +1,6 @@
 """Benchmark exact and node CH3-L3 link prediction; same as `chsnn bench linkpred`.
 
-    python scripts/bench_linkpred.py [--device cpu|cuda] [--repeats N] [--no-write]
+python scripts/bench_linkpred.py [--device cpu|cuda] [--repeats N] [--no-write]
 """
 
 import sys

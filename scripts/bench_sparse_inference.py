@@ -117,7 +117,13 @@ def measure(args) -> tuple[list[dict], dict]:
         med = {k: statistics.median(s) * 1e3 for k, s in samples.items()}
         for k in med:
             times[k].append(med[k])
-        row = {"density": f"{density:g}", "sparsity": f"{1 - density:.0%}", "hidden firing rate": f"{firing_rate(model, x):.3f}", "model ms": med["model"], "dense ms": med["dense"]}
+        row = {
+            "density": f"{density:g}",
+            "sparsity": f"{1 - density:.0%}",
+            "hidden firing rate": f"{firing_rate(model, x):.3f}",
+            "model ms": med["model"],
+            "dense ms": med["dense"],
+        }
         for m in methods:
             row[f"{m} ms"] = med[m]
             row[f"{m} speed-up"] = f"x{med['dense'] / med[m]:.2f}"
@@ -140,7 +146,7 @@ def _even_text(d, densest: float) -> str:
 def report(args, rows, even, other_load, command: str) -> str:
     from chsnn.bench import machine_description, markdown_table
 
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     sizes = "-".join(map(str, args.sizes))
     lines = [
         f"## Sparse CPU inference of the spiking MLP ({sizes})",
@@ -177,7 +183,9 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=_ints, default=[784, 1568, 1568, 10], help="layer widths, input first (default 784,1568,1568,10)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--time-steps", type=int, default=8)
-    p.add_argument("--densities", type=_floats, default=[0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01], help="hidden-layer densities (default 0.5 ... 0.01)")
+    p.add_argument(
+        "--densities", type=_floats, default=[0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01], help="hidden-layer densities (default 0.5 ... 0.01)"
+    )
     p.add_argument("--methods", type=lambda s: [m for m in s.split(",") if m], default=["torch", "scipy", "spikes"])
     p.add_argument("--repeats", type=int, default=15, help="timed calls per variant and density (median reported)")
     p.add_argument("--warmup", type=int, default=2)

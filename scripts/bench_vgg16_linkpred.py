@@ -61,7 +61,9 @@ def main() -> None:
     del model
     g = torch.Generator().manual_seed(0)
     rows = []
-    print("| sparsity | layer | scored graph (out x in*k) | density scored | kernel | chunk | seconds | peak added MiB | process peak MiB |")
+    print(
+        "| sparsity | layer | scored graph (out x in*k) | density scored | kernel | chunk | seconds | peak added MiB | process peak MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for s in args.sparsity:
         for t in convs:

@@ -67,7 +67,9 @@ def main(argv=None) -> None:
     for b in range(groups):
         cols = torch.randperm(n_in, generator=g)[: round(args.density * n_in)]
         block[b * n_out // groups : (b + 1) * n_out // groups, cols] = True
-    cases.append((f"block graph ({groups} groups), 30% removed at random", block, select_top(None, block, round(0.3 * int(block.sum())), g)))
+    cases.append(
+        (f"block graph ({groups} groups), 30% removed at random", block, select_top(None, block, round(0.3 * int(block.sum())), g))
+    )
 
     kept = er & ~select_top(None, er, round(0.3 * links), g)
     grown = select_top(ch_scores(kept, "CH3", "exact"), ~kept, links - int(kept.sum()), g)

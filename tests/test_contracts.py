@@ -1,12 +1,11 @@
 """chsnn.contracts: the mask buffers every part reads, and the neuron reset."""
 
 import torch
+from test_engine import batches, mlp, train
 from torch import nn
 
 from chsnn import contracts
 from chsnn.sparse import SparseEngine
-
-from test_engine import batches, mlp, train
 
 
 def test_masks_of_names_the_engine_masks():

@@ -40,7 +40,10 @@ from chsnn.data import (
 )
 from chsnn.data.idx import read_idx
 
-MNIST_MD5 = {"t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3", "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
+MNIST_MD5 = {
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
 EXTENDING_DOC = Path(__file__).resolve().parents[1] / "docs" / "extending_dataset.md"
 MNIST_TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 DURATION_US = 300_000
@@ -301,7 +304,9 @@ def test_tonic_wrappers_read_local_files_without_download(tmp_path):
         user = tmp_path / "DVSGesture" / folder / "user01_fluorescent"
         user.mkdir(parents=True)
         for c in range(n):  # tonic's release: (n, 4) rows x, y, p, t in ms
-            ev = np.stack([rng.integers(0, 128, 100), rng.integers(0, 128, 100), rng.integers(0, 2, 100), np.sort(rng.integers(0, 500, 100))], 1)
+            ev = np.stack(
+                [rng.integers(0, 128, 100), rng.integers(0, 128, 100), rng.integers(0, 2, 100), np.sort(rng.integers(0, 500, 100))], 1
+            )
             np.save(user / f"{c}.npy", ev.astype(np.float64))
     gest = load_dataset(f"dvsgesture:{tmp_path}", time_steps=4)
     assert (len(gest.train), len(gest.test)) == (3, 2) and gest.n_classes == 11
@@ -657,7 +662,10 @@ def test_custom_dataset_from_the_docs_trains(blobs, tmp_path, capsys):
     assert summary["layers"][0]["shape"] == [16, 4]  # the blobs' 4 features in, no built-in set has those
     with pytest.raises(ValueError, match="blobs is built in and takes no path"):
         load_dataset("blobs:/tmp")
-    assert smoke_data("blobs", 3) == ("random", {"input_shape": [4], "n_classes": 2, "kind": "static", "time_steps": None, "n_train": 16, "n_test": 8})
+    assert smoke_data("blobs", 3) == (
+        "random",
+        {"input_shape": [4], "n_classes": 2, "kind": "static", "time_steps": None, "n_train": 16, "n_test": 8},
+    )
 
 
 def test_registering_a_taken_name_or_alias_is_refused(blobs):
@@ -696,7 +704,9 @@ def test_custom_dataset_options_and_checks(tmp_path):
         b = load_dataset("Shift", root=tmp_path, offset="2")
         assert b.time_steps == 8 and float(b.train[0][0].mean()) == 2.0  # event sets get 8 frames by default
         assert load_dataset(f"shifted:{tmp_path}", time_steps=3).train[0][0].shape == (3, 3)
-        with pytest.raises(ValueError, match="unknown option 'colour' for dataset 'shifted'; valid options: time_steps, seed, root, offset"):
+        with pytest.raises(
+            ValueError, match="unknown option 'colour' for dataset 'shifted'; valid options: time_steps, seed, root, offset"
+        ):
             load_dataset("shifted", root=tmp_path, colour="red")
         with pytest.raises(ValueError, match="option 'offset' must be a string, got 2"):
             load_dataset("shifted", root=tmp_path, offset=2)

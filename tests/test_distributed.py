@@ -102,7 +102,10 @@ def test_hung_rank_fails_with_a_clear_message_under_torchrun(tmp_path):
     why, and torchrun ends the run non-zero (no hang)."""
     out = tmp_path / "hung"
     proc, seconds = torchrun(
-        ["train", *TINY, "--max-steps", "6", "--quiet", "--out", str(out), "--set", "dist_timeout=4"], tmp_path, timeout=90, **{faults.FAULT_ENV: "1:2:hang"}
+        ["train", *TINY, "--max-steps", "6", "--quiet", "--out", str(out), "--set", "dist_timeout=4"],
+        tmp_path,
+        timeout=90,
+        **{faults.FAULT_ENV: "1:2:hang"},
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text
@@ -115,10 +118,29 @@ def test_killed_rank_fails_the_survivor_fast(tmp_path):
     """Rank 1 SIGKILLs itself after step 2 (launched as torchrun would, but
     without its agent): rank 0 exits 1 with the message at once, long before
     the 30 s timeout."""
-    env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", **{faults.FAULT_ENV: "1:2:kill"})
-    args = [sys.executable, str(faults.SCRIPT), "train", *TINY, "--max-steps", "6", "--quiet", "--out", str(tmp_path / "killed"), "--set", "dist_timeout=30"]
+    env = _env(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", **{faults.FAULT_ENV: "1:2:kill"}
+    )
+    args = [
+        sys.executable,
+        str(faults.SCRIPT),
+        "train",
+        *TINY,
+        "--max-steps",
+        "6",
+        "--quiet",
+        "--out",
+        str(tmp_path / "killed"),
+        "--set",
+        "dist_timeout=30",
+    ]
     t0 = time.monotonic()
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            args, cwd=tmp_path, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in (0, 1)
+    ]
     try:
         outs = [p.communicate(timeout=90) for p in procs]
     finally:
@@ -128,7 +150,10 @@ def test_killed_rank_fails_the_survivor_fast(tmp_path):
     seconds = time.monotonic() - t0
     assert procs[1].returncode == -signal.SIGKILL
     assert procs[0].returncode == 1, outs[0]
-    assert "chsnn train: error: rank 0 of 2 lost contact with the other ranks (a rank died or hung; see its log); timeout 30 s (dist_timeout)" in outs[0][1]
+    assert (
+        "chsnn train: error: rank 0 of 2 lost contact with the other ranks (a rank died or hung; see its log); timeout 30 s (dist_timeout)"
+        in outs[0][1]
+    )
     assert "Traceback" not in outs[0][1]
     assert seconds < 60
 
@@ -198,7 +223,14 @@ def test_sync_hooks_change_nothing_for_one_rank(group):
     def build(sync):
         model = _mlp()
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        cfg = {"method": "chsnn", "sparsity": 0.8, "update_interval": 2, "hebb": {"lr": 1e-3}, "regrowth": "gradient", "rigl_accumulation": 2}
+        cfg = {
+            "method": "chsnn",
+            "sparsity": 0.8,
+            "update_interval": 2,
+            "hebb": {"lr": 1e-3},
+            "regrowth": "gradient",
+            "rigl_accumulation": 2,
+        }
         engine = SparseEngine(model, opt, cfg, calibration=[x], sync=sync)
         for _ in range(4):
             opt.zero_grad()
@@ -252,7 +284,8 @@ def test_autocast_runs_the_forward_in_bf16():
     from chsnn.train import Runner, resolve_config
 
     cfg = resolve_config(None, {"data": "random", "model": "mlp", "device": "cpu"}, ["precision=bf16", "model_options.width=0.02",
-                         "data_options={input_shape: [1, 8, 8], n_classes: 4, n_train: 8, n_test: 4, kind: static, time_steps: null}", "engine.method=set"])  # fmt: skip
+                         "data_options={input_shape: [1, 8, 8], n_classes: 4, n_train: 8, n_test: 4, "
+                         "kind: static, time_steps: null}", "engine.method=set"])  # fmt: skip
     runner = Runner(cfg)
     seen = []
     handle = runner.model.register_forward_hook(lambda m, a, y: seen.append(y.dtype))
@@ -269,7 +302,9 @@ def test_autocast_runs_the_forward_in_bf16():
 
 
 def test_precision_errors(tmp_path, capsys):
-    code = main(["train", "--smoke", "--data", "ndigits", "--device", "cpu", "--set", "precision=fp16", "--out", str(tmp_path / "a"), "--quiet"])
+    code = main(
+        ["train", "--smoke", "--data", "ndigits", "--device", "cpu", "--set", "precision=fp16", "--out", str(tmp_path / "a"), "--quiet"]
+    )
     assert code == 2 and "precision fp16 needs a CUDA device" in capsys.readouterr().err
     code = main(["train", "--smoke", "--data", "ndigits", "--set", "precision=fp8", "--out", str(tmp_path / "b"), "--quiet"])
     assert code == 2 and "valid precisions are fp32, bf16, fp16" in capsys.readouterr().err

@@ -174,7 +174,9 @@ def test_conv1d_matches_brute_force():
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv1d(2, 3, 3, stride=2, padding=1, bias=False)
-            self.conv.register_buffer("weight_mask", torch.tensor([[[1, 0, 1], [0, 1, 0]], [[0, 0, 0], [0, 0, 0]], [[1, 1, 1], [1, 1, 1]]], dtype=torch.bool))
+            self.conv.register_buffer(
+                "weight_mask", torch.tensor([[[1, 0, 1], [0, 1, 0]], [[0, 0, 0], [0, 0, 0]], [[1, 1, 1], [1, 1, 1]]], dtype=torch.bool)
+            )
 
         def forward(self, x):
             return self.conv(x)

@@ -60,7 +60,9 @@ def assert_masked(engine, optimizer):
 
 
 def test_finds_linear_1x1_and_kernel_layers_and_keeps_output_dense():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv1d(8, 4, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Linear(16, 4), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv1d(8, 4, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Linear(16, 4), nn.Linear(4, 2)
+    )
     targets, dense = find_targets(model)
     kinds = {t.name: (t.kind, t.n_out, t.n_in) for t in targets}
     assert kinds == {"0": (KERNEL, 8, 27), "1": (LINEAR, 8, 8), "2": (LINEAR, 4, 8), "4": (LINEAR, 4, 16)}
@@ -76,7 +78,9 @@ def test_finds_linear_1x1_and_kernel_layers_and_keeps_output_dense():
 def test_spikingjelly_and_snntorch_layers_are_found():
     from spikingjelly.activation_based import layer, neuron
 
-    sj = nn.Sequential(layer.Conv2d(2, 4, 3), neuron.LIFNode(), layer.Flatten(), layer.Linear(4 * 6 * 6, 10), neuron.LIFNode(), layer.Linear(10, 3))
+    sj = nn.Sequential(
+        layer.Conv2d(2, 4, 3), neuron.LIFNode(), layer.Flatten(), layer.Linear(4 * 6 * 6, 10), neuron.LIFNode(), layer.Linear(10, 3)
+    )
     targets, dense = find_targets(sj)
     assert [(t.name, t.kind) for t in targets] == [("0", KERNEL), ("3", LINEAR)] and dense == "5"
 
@@ -143,7 +147,7 @@ def test_invariants_after_every_update(method, sparsity, zeta, opt, seed):
     model, optimizer, engine = make(method, sparsity, opt, seed, zeta=zeta, update_interval=1)
     targets = {t.name: engine.target_links(t, 1 - sparsity) for t in engine.targets}
     allow = engine.config.regrow_removed
-    for step, (x, y) in enumerate(batches(6, seed=seed)):
+    for x, y in batches(6, seed=seed):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -177,7 +181,9 @@ def test_gradients_are_masked_after_backward_and_again_before_the_step():
 
 def test_kernel_layers_keep_equal_counts_per_kernel():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 4)
+    )
     opt = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
     for method in ("set", "cht"):
         for m in model.modules():
@@ -250,7 +256,9 @@ def test_lrs_removes_links_of_inactive_inputs_first():
     calib = torch.rand(32, 12)
     calib[:, :3] = 0  # inputs 0-2 never fire in the calibration window
     opt = torch.optim.Adam(model.parameters(), 1e-2)
-    engine = SparseEngine(model, opt, {"method": "chsnn", "sparsity": 0.5, "update_interval": 0, "init": "random", "zeta": 0.5}, calibration=[calib])
+    engine = SparseEngine(
+        model, opt, {"method": "chsnn", "sparsity": 0.5, "update_interval": 0, "init": "random", "zeta": 0.5}, calibration=[calib]
+    )
     engine.update_topology()
     ch = engine.last_changes["1"]
     dead = ch["before"][:, :3]
@@ -278,7 +286,7 @@ def test_chain_removal_cuts_dead_hidden_neurons():
     out_links = engine.last_changes["3"]["before"][:, h]
     assert out_links.any()
     assert torch.all(engine.last_changes["3"]["removed"][:, h][out_links])
-    assert {l["name"]: l["chain_removed"] for l in record["layers"]}["3"] >= 1
+    assert {layer["name"]: layer["chain_removed"] for layer in record["layers"]}["3"] >= 1
 
 
 def test_sscti_keeps_the_links_most_correlated_with_each_anchor():
@@ -323,7 +331,16 @@ def test_soft_methods_and_mest_run(monkeypatch):
 
 
 def test_cosine_zeta_and_sigmoid_density_follow_their_schedules():
-    model, opt, engine = make("set", 0.9, update_interval=2, zeta_schedule="cosine", total_steps=12, end_fraction=1.0, density_schedule="sigmoid", initial_density=0.5)
+    model, opt, engine = make(
+        "set",
+        0.9,
+        update_interval=2,
+        zeta_schedule="cosine",
+        total_steps=12,
+        end_fraction=1.0,
+        density_schedule="sigmoid",
+        initial_density=0.5,
+    )
     cfg = engine.config
     assert cfg.density_at(0) == 0.5 and cfg.density_at(12) == pytest.approx(0.1)
     first = engine.targets[0]
@@ -332,7 +349,9 @@ def test_cosine_zeta_and_sigmoid_density_follow_their_schedules():
         train(model, opt, [batch])
         step = i + 1
         for t in engine.targets:
-            assert int(engine.mask(t.name).sum()) == engine.target_links(t, cfg.density_at(step) if step % 2 == 0 else cfg.density_at(step - step % 2))
+            assert int(engine.mask(t.name).sum()) == engine.target_links(
+                t, cfg.density_at(step) if step % 2 == 0 else cfg.density_at(step - step % 2)
+            )
     zetas = [r["zeta"] for r in engine.records]
     assert zetas == sorted(zetas, reverse=True) and zetas[-1] == pytest.approx(0.0, abs=1e-12)
 
@@ -346,7 +365,7 @@ def test_early_stop_freezes_converged_layers():
     train(model, opt, batches(3, seed=5))
     for n in frozen:
         assert torch.equal(masks[n], engine.mask(n))
-    assert any(l["frozen"] for r in engine.records for l in r["layers"])
+    assert any(layer["frozen"] for r in engine.records for layer in r["layers"])
 
 
 # Resume -----------------------------------------------------------------------------
@@ -373,7 +392,7 @@ def test_resume_is_bit_identical(method, options):
     train(model2, opt2, data[7:])
     for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
-    strip = lambda records: [{**r, "ms": 0, "layers": [{**l, "ms": 0} for l in r["layers"]]} for r in records]  # noqa: E731
+    strip = lambda records: [{**r, "ms": 0, "layers": [{**layer, "ms": 0} for layer in r["layers"]]} for r in records]  # noqa: E731
     assert strip(engine.records) == strip(engine2.records)
 
 
@@ -384,7 +403,11 @@ def test_hebb_set_adds_the_hebbian_term():
     torch.manual_seed(0)
     layer = nn.Sequential(nn.Linear(6, 4))
     opt = torch.optim.SGD(layer.parameters(), lr=0.0)
-    engine = SparseEngine(layer, opt, {"method": "set", "sparsity": 0.5, "update_interval": 0, "sparsify_output": True, "hebb": {"lr": 0.1, "decay": 1.0, "window": 1}})
+    engine = SparseEngine(
+        layer,
+        opt,
+        {"method": "set", "sparsity": 0.5, "update_interval": 0, "sparsify_output": True, "hebb": {"lr": 0.1, "decay": 1.0, "window": 1}},
+    )
     xs = [torch.rand(5, 6) for _ in range(2)]
     w0 = layer[0].weight.detach().clone()
     for x in xs:
@@ -420,8 +443,16 @@ def test_spiking_models_train_with_chsnn():
     from spikingjelly.activation_based import functional, layer, neuron
 
     torch.manual_seed(0)
-    sj = nn.Sequential(layer.Linear(12, 32, step_mode="m"), neuron.LIFNode(step_mode="m"), layer.Linear(32, 32, step_mode="m"), neuron.LIFNode(step_mode="m"), layer.Linear(32, 5, step_mode="m"))
-    st = nn.Sequential(nn.Linear(12, 32), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(32, 32), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(32, 5))
+    sj = nn.Sequential(
+        layer.Linear(12, 32, step_mode="m"),
+        neuron.LIFNode(step_mode="m"),
+        layer.Linear(32, 32, step_mode="m"),
+        neuron.LIFNode(step_mode="m"),
+        layer.Linear(32, 5, step_mode="m"),
+    )
+    st = nn.Sequential(
+        nn.Linear(12, 32), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(32, 32), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(32, 5)
+    )
     for model, reset in ((sj, functional.reset_net), (st, snn_utils.reset)):
         opt = torch.optim.Adam(model.parameters(), 1e-2)
         spikes = (torch.rand(4, 8, 12) < 0.3).float()  # (time, batch, features)
@@ -452,7 +483,9 @@ def test_config_round_trip_and_records():
     assert EngineConfig.from_dict(engine.state_dict()["config"]) == engine.config
     rec = engine.records[-1]
     assert {"step", "update", "zeta", "density", "layers", "percolation", "ms"} <= set(rec)
-    assert {"name", "links", "density", "removed", "regrown", "overlap", "active_in", "active_out", "chain_removed", "ms"} <= set(rec["layers"][0])
+    assert {"name", "links", "density", "removed", "regrown", "overlap", "active_in", "active_out", "chain_removed", "ms"} <= set(
+        rec["layers"][0]
+    )
     assert 0 < rec["percolation"] <= 1
 
 
@@ -485,7 +518,9 @@ def test_row_groups_never_left_empty_by_regrowth(seed):
     model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
     opt = torch.optim.SGD(model.parameters(), 0.05)
     groups = {"0": [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]}
-    engine = SparseEngine(model, opt, {"method": "set", "sparsity": 0.95, "zeta": 1.0, "update_interval": 1, "seed": seed}, row_groups=groups)
+    engine = SparseEngine(
+        model, opt, {"method": "set", "sparsity": 0.95, "zeta": 1.0, "update_interval": 1, "seed": seed}, row_groups=groups
+    )
     for x in torch.rand(6, 4, 16):
         opt.zero_grad()
         model(x).sum().backward()

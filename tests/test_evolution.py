@@ -9,14 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from test_engine import batches, mlp, train
 from torch import nn
 
 from chsnn.cli import main
 from chsnn.sparse import ConfigError, EngineConfig, SparseEngine
 from chsnn.sparse.calibration import record_activity
 from chsnn.sparse.strategies import link_every_row, spread_anchors
-
-from test_engine import batches, mlp, train
 
 
 def _weight_state(engine, optimizer):
@@ -143,7 +142,9 @@ def test_cht_preset_uses_chain_removal_like_the_reference():
 def test_chsnn_regrowth_explores_instead_of_taking_back_what_it_removed():
     model = mlp(1)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
-    engine = SparseEngine(model, opt, {"method": "chsnn", "sparsity": 0.6, "update_interval": 2, "early_stop": True}, calibration=batches(1, seed=99))
+    engine = SparseEngine(
+        model, opt, {"method": "chsnn", "sparsity": 0.6, "update_interval": 2, "early_stop": True}, calibration=batches(1, seed=99)
+    )
     initial = {t.name: engine.mask(t.name).clone() for t in engine.targets}
     train(model, opt, batches(8))
     assert engine.n_updates == 4 and not engine.frozen
@@ -173,9 +174,32 @@ def test_csti_tiled_repeats_the_input_correlation_and_refuses_other_widths():
 
 def test_turnover_and_frozen_steps_appear_in_summary_json(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[64]", "--set", "batch_size=128",
-            "--set", "time_steps=4", "--quiet", "--epochs", "3", "--method", "cht", "--sparsity", "0.9",
-            "--set", "engine.update_interval=2", "--set", "engine.early_stop_overlap=0.05", "--out", str(out)]
+    args = [
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "snn-mlp",
+        "--set",
+        "model_options.hidden=[64]",
+        "--set",
+        "batch_size=128",
+        "--set",
+        "time_steps=4",
+        "--quiet",
+        "--epochs",
+        "3",
+        "--method",
+        "cht",
+        "--sparsity",
+        "0.9",
+        "--set",
+        "engine.update_interval=2",
+        "--set",
+        "engine.early_stop_overlap=0.05",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0, capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     layer = summary["layers"][0]
@@ -194,10 +218,17 @@ def test_calibration_data_is_bounded_by_memory_for_large_event_frames(monkeypatc
 
     per_sample = 4 * 2 * 16 * 16 * 4  # float32 frames of 2x16x16 over 4 steps
     monkeypatch.setattr(trainer, "CALIBRATION_BYTES", 100 * per_sample)  # where the Runner reads it
-    cfg = training.resolve_config(None, {
-        "data": "random", "model": "snn-mlp", "model_options": {"hidden": [8]}, "time_steps": 4, "batch_size": 32,
-        "data_options": {"input_shape": [2, 16, 16], "n_classes": 3, "kind": "events", "n_train": 640, "n_test": 8},
-    })
+    cfg = training.resolve_config(
+        None,
+        {
+            "data": "random",
+            "model": "snn-mlp",
+            "model_options": {"hidden": [8]},
+            "time_steps": 4,
+            "batch_size": 32,
+            "data_options": {"input_shape": [2, 16, 16], "n_classes": 3, "kind": "events", "n_train": 640, "n_test": 8},
+        },
+    )
     runner = training.Runner(cfg)
     assert runner.engine.config.calibration_batches == 4  # ceil(100 / 32)
     assert sum(x.shape[1] for x in runner.engine.calibration) == 128

@@ -19,7 +19,9 @@ FAST = ["epochs=1", "max_steps=2", "batch_size=8", "time_steps=4", "engine.updat
 def _train(out, *assignments, model="snn-mlp", method="set", sparsity=0.95, data=RANDOM):
     from chsnn.train import resolve_config, train
 
-    cfg = resolve_config(None, {"data": "random", "model": model}, [data, f"engine.method={method}", f"engine.sparsity={sparsity}", *FAST, *assignments])
+    cfg = resolve_config(
+        None, {"data": "random", "model": model}, [data, f"engine.method={method}", f"engine.sparsity={sparsity}", *FAST, *assignments]
+    )
     train(cfg, out, quiet=True)
     return out
 
@@ -139,8 +141,27 @@ def test_nir_export_graph_and_reimport(mlp_run, inputs):
     graph = nir.read(str(path))
     assert set(graph.nodes) == {"input", "flatten", "hidden_0", "hidden_1", "hidden_2", "hidden_3", "head", "output"}  # HDF5 sorts them
     kinds = {k: type(v).__name__ for k, v in graph.nodes.items()}
-    assert kinds == {"input": "Input", "flatten": "Flatten", "hidden_0": "Affine", "hidden_1": "LIF", "hidden_2": "Affine", "hidden_3": "LIF", "head": "Affine", "output": "Output"}
-    assert sorted(map(tuple, graph.edges)) == sorted([("input", "flatten"), ("flatten", "hidden_0"), ("hidden_0", "hidden_1"), ("hidden_1", "hidden_2"), ("hidden_2", "hidden_3"), ("hidden_3", "head"), ("head", "output")])
+    assert kinds == {
+        "input": "Input",
+        "flatten": "Flatten",
+        "hidden_0": "Affine",
+        "hidden_1": "LIF",
+        "hidden_2": "Affine",
+        "hidden_3": "LIF",
+        "head": "Affine",
+        "output": "Output",
+    }
+    assert sorted(map(tuple, graph.edges)) == sorted(
+        [
+            ("input", "flatten"),
+            ("flatten", "hidden_0"),
+            ("hidden_0", "hidden_1"),
+            ("hidden_1", "hidden_2"),
+            ("hidden_2", "hidden_3"),
+            ("hidden_3", "head"),
+            ("head", "output"),
+        ]
+    )
     lif = graph.nodes["hidden_1"]
     assert lif.tau.shape == (128,) and np.allclose(lif.tau, 2.0 * ex.NIR_DT) and np.all(lif.r == 1.0) and np.all(lif.v_threshold == 1.0)
     assert np.all(lif.v_reset == 0.0) and np.all(lif.v_leak == 0.0)
@@ -183,8 +204,17 @@ def test_cnn_exports_and_nir_folds_batchnorm(tmp_path):
     ex.export_run(run, "nir")
     graph = __import__("nir").read(str(run / "export" / "model-latest.nir"))
     kinds = {k: type(n).__name__ for k, n in graph.nodes.items()}
-    assert kinds == {"input": "Input", "features_0": "Conv2d", "features_2": "LIF", "features_3": "AvgPool2d", "flatten": "Flatten",
-                     "fc": "Affine", "fc_lif": "LIF", "head": "Affine", "output": "Output"}  # BatchNorm features_1 folded into features_0
+    assert kinds == {
+        "input": "Input",
+        "features_0": "Conv2d",
+        "features_2": "LIF",
+        "features_3": "AvgPool2d",
+        "flatten": "Flatten",
+        "fc": "Affine",
+        "fc_lif": "LIF",
+        "head": "Affine",
+        "output": "Output",
+    }  # BatchNorm features_1 folded into features_0
     # BatchNorm folded into the convolution: the same outputs (float64: no rounding-edge spikes)
     model = ex.load_run(run).model
     with torch.no_grad():

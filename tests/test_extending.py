@@ -7,10 +7,9 @@ import re
 
 import pytest
 import torch
+from test_engine import assert_top, batches, make, mlp, train
 
 from chsnn.sparse import register_regrowth, register_removal, strategies
-
-from test_engine import assert_top, batches, make, mlp, train
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "extending_regrowth.md"
 
@@ -58,9 +57,34 @@ def test_the_documented_rule_runs_from_the_command_line(rigl_hubs, tmp_path, mon
     calls = []
     monkeypatch.setitem(strategies.REGROWTHS, "rigl_hubs", lambda ctx: calls.append(ctx.name) or rigl_hubs(ctx))
     out = tmp_path / "run"
-    args = ["train", "--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[32]", "--set", "batch_size=128",
-            "--set", "time_steps=2", "--quiet", "--epochs", "1", "--max-steps", "4", "--method", "set", "--sparsity", "0.8",
-            "--set", "engine.regrowth=rigl_hubs", "--set", "engine.update_interval=2", "--out", str(out)]
+    args = [
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "snn-mlp",
+        "--set",
+        "model_options.hidden=[32]",
+        "--set",
+        "batch_size=128",
+        "--set",
+        "time_steps=2",
+        "--quiet",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "4",
+        "--method",
+        "set",
+        "--sparsity",
+        "0.8",
+        "--set",
+        "engine.regrowth=rigl_hubs",
+        "--set",
+        "engine.update_interval=2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0, capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["topology_updates"] >= 1 and calls

@@ -8,8 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from chsnn import MODELS, ch_scores, ch_scores_batched, count_l3_paths
-from chsnn import linkpred
+from chsnn import MODELS, ch_scores, ch_scores_batched, count_l3_paths, linkpred
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -235,11 +234,7 @@ def test_empty_and_full_masks():
 def test_count_l3_paths_brute_force():
     m = _hub_graph(2)
     brute = sum(
-        1
-        for x in range(m.shape[1])
-        for y1 in np.flatnonzero(m[:, x])
-        for x1 in np.flatnonzero(m[y1])
-        for y in np.flatnonzero(m[:, x1])
+        1 for x in range(m.shape[1]) for y1 in np.flatnonzero(m[:, x]) for x1 in np.flatnonzero(m[y1]) for y in np.flatnonzero(m[:, x1])
     )
     assert count_l3_paths(torch.from_numpy(m)) == brute
 

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from chsnn.models import MODELS, build_model, model_defaults, neuron_backend, register_model
-from chsnn.models import registry
+from chsnn.models import MODELS, build_model, model_defaults, neuron_backend, register_model, registry
 from chsnn.models.cnn import pool_plan
 
 # Input shapes each model is checked on (models registered later fall back to DEFAULT_SHAPES).
@@ -186,7 +185,7 @@ def test_snntorch_and_spikingjelly_backends_compute_the_same_network():
     st = build_model("snn-mlp", (20,), 3, 8, backend="snntorch", **options).double()
     pairs = [(sj.hidden[0], st.fc0), (sj.hidden[2], st.fc1), (sj.head, st.head)]
     with torch.no_grad():
-        for a, b in pairs[:2]:
+        for a, _b in pairs[:2]:
             a.weight.mul_(6)  # strong enough to fire often
         for a, b in pairs:
             b.load_state_dict(a.state_dict())
@@ -269,7 +268,9 @@ def test_default_sizes():
     assert [m.out_channels for m in big.modules() if isinstance(m, nn.Conv2d)] == [32, 64, 128]
 
 
-@pytest.mark.parametrize("shape,features", [((1, 8, 8), (64, 2, 2)), ((2, 34, 34), (128, 4, 4)), ((2, 128, 128), (128, 4, 4)), ((2, 128, 64), (128, 4, 4))])
+@pytest.mark.parametrize(
+    "shape,features", [((1, 8, 8), (64, 2, 2)), ((2, 34, 34), (128, 4, 4)), ((2, 128, 128), (128, 4, 4)), ((2, 128, 64), (128, 4, 4))]
+)
 def test_cnn_pools_large_inputs_down_to_a_small_linear(shape, features):
     model = build_model("snn-cnn", shape, 10)
     assert model.feature_shape == features
@@ -352,7 +353,9 @@ def test_sparse_engine_sees_hidden_layers_and_keeps_the_readout_dense(name, back
     assert output == "head"
     assert targets[0].module is first_layer(model) and len(targets) == (3 if name == "snn-cnn" else 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    engine = SparseEngine(model, opt, {"method": "chsnn", "sparsity": 0.8, "update_interval": 1, "early_stop": False}, calibration=[spikes_in((1, 8, 8), n=4)])
+    engine = SparseEngine(
+        model, opt, {"method": "chsnn", "sparsity": 0.8, "update_interval": 1, "early_stop": False}, calibration=[spikes_in((1, 8, 8), n=4)]
+    )
     x, y = spikes_in((1, 8, 8), n=4, seed=3), torch.arange(4)
     for _ in range(2):
         opt.zero_grad()

@@ -120,7 +120,9 @@ def qkv_names(depths):
     return [f"blocks.{i}.attn.qkv_conv_bn.0" for i in range(depths)]
 
 
-@pytest.mark.parametrize("shape,patch,grid", [((3, 32, 32), 4, (8, 8)), ((2, 128, 128), 16, (8, 8)), ((2, 64, 64), 16, (4, 4)), ((1, 28, 28), 4, (7, 7))])
+@pytest.mark.parametrize(
+    "shape,patch,grid", [((3, 32, 32), 4, (8, 8)), ((2, 128, 128), 16, (8, 8)), ((2, 64, 64), 16, (4, 4)), ((1, 28, 28), 4, (7, 7))]
+)
 def test_spikformer_patch_size_follows_the_input(shape, patch, grid):
     model = build("spikformer", shape, **SMALL_SF)
     assert model.options["patch_size"] == model.patch_size == patch and model.grid_size == grid
@@ -136,7 +138,9 @@ def test_spikformer_wraps_spikingjelly_and_averages_its_output_over_time():
 
     model = build("spikformer", (3, 32, 32), **SMALL_SF)
     x = model_input(model, 2, t=3)
-    reference = Spikformer(T=3, in_channels=3, img_size_h=32, img_size_w=32, patch_size=4, num_classes=5, embed_dims=32, num_heads=2, mlp_ratio=4.0, depths=1)
+    reference = Spikformer(
+        T=3, in_channels=3, img_size_h=32, img_size_w=32, patch_size=4, num_classes=5, embed_dims=32, num_heads=2, mlp_ratio=4.0, depths=1
+    )
     reference.load_state_dict(model.state_dict())
     functional.reset_net(reference)
     expected = reference(x)
@@ -150,7 +154,9 @@ def test_spikformer_engine_targets_are_the_attention_and_mlp_layers():
     assert opts["exclude"] == ["patch_embed.*"]
     assert opts["chain"] == [["blocks.0.mlp.fc1.0", "blocks.0.mlp.fc2.0"], ["blocks.1.mlp.fc1.0", "blocks.1.mlp.fc2.0"]]
     targets, output = find_targets(model, exclude=opts["exclude"])
-    expected = [f"blocks.{i}.{layer}" for i in range(2) for layer in ("attn.qkv_conv_bn.0", "attn.proj_conv_bn.0", "mlp.fc1.0", "mlp.fc2.0")]
+    expected = [
+        f"blocks.{i}.{layer}" for i in range(2) for layer in ("attn.qkv_conv_bn.0", "attn.proj_conv_bn.0", "mlp.fc1.0", "mlp.fc2.0")
+    ]
     assert [t.name for t in targets] == expected
     assert all(t.kind == "linear" for t in targets)
     assert output == "head"

@@ -57,7 +57,11 @@ class PageParser(HTMLParser):
             self.figures[self.figure] = False
         elif self.figure and tag == "svg":
             self.figures[self.figure] = True
-        elif self.figure and tag in ("img", "image") and str(a.get("src") or a.get("xlink:href") or a.get("href") or "").startswith("data:image/png;base64,"):
+        elif (
+            self.figure
+            and tag in ("img", "image")
+            and str(a.get("src") or a.get("xlink:href") or a.get("href") or "").startswith("data:image/png;base64,")
+        ):
             self.figures[self.figure] = True
         elif tag == "figcaption":
             self.caption = ""
@@ -206,7 +210,12 @@ def test_screenshot_script(runs, tmp_path):
         sys.path.pop(0)
     page = runs["sparse"] / "report" / "index.html"
     png = tmp_path / "shot.png"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot_report.py"), str(page), "--out", str(png)], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "screenshot_report.py"), str(page), "--out", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if screenshot_report.find_browser() is None:
         assert proc.returncode == 0 and screenshot_report.NO_BROWSER in proc.stdout
         pytest.skip(screenshot_report.NO_BROWSER)

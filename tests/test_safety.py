@@ -22,7 +22,19 @@ from torch import nn
 from chsnn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[32]", "--set", "batch_size=128", "--set", "time_steps=2", "--quiet"]
+TINY = [
+    "--data",
+    "digits",
+    "--model",
+    "snn-mlp",
+    "--set",
+    "model_options.hidden=[32]",
+    "--set",
+    "batch_size=128",
+    "--set",
+    "time_steps=2",
+    "--quiet",
+]
 
 
 def run_cli(args, capsys):
@@ -230,7 +242,11 @@ def test_hand_set_gradients_keep_masked_weights_zero(optimizer, special):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(40, 41), nn.ReLU(), nn.Linear(41, 3))
-    cls = {"adam": torch.optim.Adam, "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=1e-4), "adamw": torch.optim.AdamW}[optimizer]
+    cls = {
+        "adam": torch.optim.Adam,
+        "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=1e-4),
+        "adamw": torch.optim.AdamW,
+    }[optimizer]
     opt = cls(model.parameters(), lr=0.1)
     engine = SparseEngine(model, opt, {"method": "set", "sparsity": 0.9, "update_interval": 0})
     for _ in range(3):
@@ -296,7 +312,9 @@ def test_exponent_numbers_are_numbers(value, expected):
 
 
 def test_exponent_number_runs(tmp_path, capsys):
-    code, _, err = run_cli(["train", *TINY, "--max-steps", "1", "--set", "lr=1e-3", "--set", "engine.zeta=3e-1", "--out", tmp_path / "r"], capsys)
+    code, _, err = run_cli(
+        ["train", *TINY, "--max-steps", "1", "--set", "lr=1e-3", "--set", "engine.zeta=3e-1", "--out", tmp_path / "r"], capsys
+    )
     assert code == 0, err
     import yaml
 
@@ -372,14 +390,58 @@ def test_resume_refuses_options_that_change_the_run(good_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
     before = sha(run / "latest.pt")
-    code, _, err = run_cli(["train", "--resume", "--out", run, "--epochs", "4", "--method", "rigl", "--sparsity", "0.5", "--set", "lr=0.1", "--seed", "7", "--quiet"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--resume",
+            "--out",
+            run,
+            "--epochs",
+            "4",
+            "--method",
+            "rigl",
+            "--sparsity",
+            "0.5",
+            "--set",
+            "lr=0.1",
+            "--seed",
+            "7",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2
     line = error_line(err)
-    for text in ("--epochs 4 (the run has 2)", "--method rigl (the run has 'set')", "--sparsity 0.5", "--set lr=0.1", "--seed 7 (the run has 0)"):
+    for text in (
+        "--epochs 4 (the run has 2)",
+        "--method rigl (the run has 'set')",
+        "--sparsity 0.5",
+        "--set lr=0.1",
+        "--seed 7 (the run has 0)",
+    ):
         assert text in line, line
     assert sha(run / "latest.pt") == before
     # options equal to the saved ones, and --device / --max-steps, are fine
-    code, _, err = run_cli(["train", "--resume", "--out", run, "--epochs", "2", "--method", "set", "--seed", "0", "--device", "cpu", "--max-steps", "16", "--quiet"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--resume",
+            "--out",
+            run,
+            "--epochs",
+            "2",
+            "--method",
+            "set",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "16",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((run / "summary.json").read_text())["steps"] == 16
     code, _, err = run_cli(["train", "--resume", "--out", run, "--smoke"], capsys)
@@ -418,7 +480,9 @@ def _labels_npz(path: Path, y_train: np.ndarray):
 def test_label_faults_named(labels, expected, tmp_path, capsys):
     path = tmp_path / "d.npz"
     _labels_npz(path, labels)
-    code, _, err = run_cli(["train", "--data", f"npz:{path}", "--model", "mlp", "--max-steps", "1", "--out", tmp_path / "r", "--quiet"], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", f"npz:{path}", "--model", "mlp", "--max-steps", "1", "--out", tmp_path / "r", "--quiet"], capsys
+    )
     assert code == 2
     line = error_line(err)
     assert expected in line and "d.npz" in line and "y_train" in line
@@ -475,13 +539,38 @@ def _values():
         st.text(max_size=8),
         st.sampled_from(["abc", "auto", "cpu", "chsnn", "set", "rigl", "random", "CH3", "sgd", "cosine", "1e-3", "3e-1", "[1, 2]"]),
     )
-    return st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["lr", "hidden", "width", "a", "n_train"]), scalars, max_size=2))
+    return st.one_of(
+        scalars,
+        st.lists(scalars, max_size=3),
+        st.dictionaries(st.sampled_from(["lr", "hidden", "width", "a", "n_train"]), scalars, max_size=2),
+    )
 
 
 def _tiny_run_args(tmp: Path) -> list[str]:
-    return ["train", "--data", "random", "--set", "data_options={input_shape: [6], n_classes: 3, n_train: 8, n_test: 4, kind: static}",
-            "--model", "mlp", "--set", "model_options.width=0.003", "--set", "batch_size=4", "--set", "eval_batch_size=4",
-            "--method", "set", "--sparsity", "0.5", "--max-steps", "1", "--quiet", "--out", str(tmp)]
+    return [
+        "train",
+        "--data",
+        "random",
+        "--set",
+        "data_options={input_shape: [6], n_classes: 3, n_train: 8, n_test: 4, kind: static}",
+        "--model",
+        "mlp",
+        "--set",
+        "model_options.width=0.003",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "eval_batch_size=4",
+        "--method",
+        "set",
+        "--sparsity",
+        "0.5",
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp),
+    ]
 
 
 def test_any_value_for_any_key_gives_a_run_or_a_clear_error(tmp_path_factory, capsys):

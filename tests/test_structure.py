@@ -115,7 +115,10 @@ def test_find_cycle_finds_one_and_only_one():
 
 
 def test_module_level_imports_skip_functions_and_type_checking():
-    code = "import a\nif TYPE_CHECKING:\n    import b\ntry:\n    import c\nexcept ImportError:\n    pass\ndef f():\n    import d\nclass K:\n    import e\n"
+    code = (
+        "import a\nif TYPE_CHECKING:\n    import b\ntry:\n    import c\nexcept ImportError:\n    pass\n"
+        "def f():\n    import d\nclass K:\n    import e\n"
+    )
     names = {alias.name for node in module_level_imports(ast.parse(code)) for alias in node.names}
     assert names == {"a", "c", "e"}
 

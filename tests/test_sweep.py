@@ -25,7 +25,10 @@ TINY = {
     "seeds": [0, 1],
     "sparsities": [0.9, 0.95],
     "methods": {"dense": {"method": "dense"}, "set": {"method": "set"}, "chsnn": {"method": "chsnn"}},
-    "ablation": {"sparsity": 0.95, "variants": {"chsnn": {"method": "chsnn"}, "regrowth=random": {"method": "chsnn", "regrowth": "random"}}},
+    "ablation": {
+        "sparsity": 0.95,
+        "variants": {"chsnn": {"method": "chsnn"}, "regrowth=random": {"method": "chsnn", "regrowth": "random"}},
+    },
 }
 
 
@@ -138,7 +141,10 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     assert "within 0.5 points of dense" in text  # 0.910 - 0.905
     assert "chsnn beats set" in text
     # now make chsnn fall short of dense by more than half a point
-    worse = [r for r in runs if r.label != "chsnn"] + [_fake(tmp_path / "w", "chsnn", 0.95, 0, 0.85), _fake(tmp_path / "w", "chsnn", 0.95, 1, 0.85)]
+    worse = [r for r in runs if r.label != "chsnn"] + [
+        _fake(tmp_path / "w", "chsnn", 0.95, 0, 0.85),
+        _fake(tmp_path / "w", "chsnn", 0.95, 1, 0.85),
+    ]
     text = " ".join(verdicts(aggregate(worse), 0.95))
     assert "does **not** match dense" in text and "does **not** beat set" in text
 
@@ -168,7 +174,9 @@ def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
     assert (out / "set_s0.9_seed0" / "summary.json").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("grid_path", sorted((Path(__file__).resolve().parent.parent / "models" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "grid_path", sorted((Path(__file__).resolve().parent.parent / "models" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_shipped_grids_plan(grid_path):
     grid = load_grid(grid_path)
     runs = plan_runs(grid)

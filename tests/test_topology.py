@@ -10,7 +10,22 @@ from chsnn.sparse.context import target_links
 B = torch.bool
 
 
-def ctx_for(mask, weight=None, *, kind="linear", kernel_size=1, density=None, zeta=0.0, removed=None, grad=None, activity=None, stats=None, accumulated_grad=None, seed=0, **config):
+def ctx_for(
+    mask,
+    weight=None,
+    *,
+    kind="linear",
+    kernel_size=1,
+    density=None,
+    zeta=0.0,
+    removed=None,
+    grad=None,
+    activity=None,
+    stats=None,
+    accumulated_grad=None,
+    seed=0,
+    **config,
+):
     """A context for one (n_out, n_in) layer; density defaults to the mask's."""
     n_out, n_in = mask.shape
     cfg = EngineConfig.from_dict({"method": "set", "sparsity": 0.5, **config})
@@ -39,7 +54,9 @@ def ctx_for(mask, weight=None, *, kind="linear", kernel_size=1, density=None, ze
 
 def distinct_weights(n_out, n_in, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randperm(n_out * n_in, generator=g).float() + 1).reshape(n_out, n_in) * torch.where(torch.rand(n_out, n_in, generator=g) < 0.5, -1.0, 1.0)
+    return (torch.randperm(n_out * n_in, generator=g).float() + 1).reshape(n_out, n_in) * torch.where(
+        torch.rand(n_out, n_in, generator=g) < 0.5, -1.0, 1.0
+    )
 
 
 # Removal ---------------------------------------------------------------------------

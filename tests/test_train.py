@@ -8,7 +8,21 @@ import torch
 from chsnn import train as training
 from chsnn.cli import main
 
-TINY = ["--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[64]", "--set", "batch_size=128", "--set", "time_steps=4", "--set", "lr=0.01", "--quiet"]
+TINY = [
+    "--data",
+    "digits",
+    "--model",
+    "snn-mlp",
+    "--set",
+    "model_options.hidden=[64]",
+    "--set",
+    "batch_size=128",
+    "--set",
+    "time_steps=4",
+    "--set",
+    "lr=0.01",
+    "--quiet",
+]
 
 
 def run_cli(args, capsys):
@@ -114,12 +128,38 @@ def test_spikformer_layers_all_sparse_and_heads_reported(tmp_path, capsys):
 
     rng = np.random.default_rng(0)
     npz = tmp_path / "cifar_like.npz"
-    np.savez(npz, x_train=rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), y_train=rng.integers(0, 10, 16),
-             x_test=rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), y_test=rng.integers(0, 10, 8))
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 16),
+        x_test=rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 8),
+    )
     out = tmp_path / "spk"
-    args = ["train", "--model", "spikformer", "--data", f"npz:{npz}", "--method", "chsnn", "--sparsity", "0.9", "--max-steps", "3",
-            "--set", "engine.update_interval=1", "--set", "model_options={embed_dims: 32, num_heads: 2, depths: 1}",
-            "--set", "time_steps=2", "--set", "batch_size=8", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--model",
+        "spikformer",
+        "--data",
+        f"npz:{npz}",
+        "--method",
+        "chsnn",
+        "--sparsity",
+        "0.9",
+        "--max-steps",
+        "3",
+        "--set",
+        "engine.update_interval=1",
+        "--set",
+        "model_options={embed_dims: 32, num_heads: 2, depths: 1}",
+        "--set",
+        "time_steps=2",
+        "--set",
+        "batch_size=8",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     code, text = run_cli(args, capsys)
     assert code == 0, text
     summary = json.loads((out / "summary.json").read_text())
@@ -136,9 +176,32 @@ def test_vgg16_kernel_masks_stay_equal_per_kernel(method, tmp_path, capsys):
     """CHT-Conv: after updates every kernel of every conv has the same count."""
     out = tmp_path / method
     data = "data_options={input_shape: [3, 32, 32], n_classes: 10, n_train: 16, n_test: 8, kind: static}"
-    args = ["train", "--model", "vgg16", "--data", "random", "--set", data, "--method", method, "--sparsity", "0.5", "--max-steps", "3",
-            "--set", "engine.update_interval=1", "--set", "engine.early_stop=false", "--set", "model_options.width=0.0625",
-            "--set", "batch_size=8", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--model",
+        "vgg16",
+        "--data",
+        "random",
+        "--set",
+        data,
+        "--method",
+        method,
+        "--sparsity",
+        "0.5",
+        "--max-steps",
+        "3",
+        "--set",
+        "engine.update_interval=1",
+        "--set",
+        "engine.early_stop=false",
+        "--set",
+        "model_options.width=0.0625",
+        "--set",
+        "batch_size=8",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     code, text = run_cli(args, capsys)
     assert code == 0, text
     summary = json.loads((out / "summary.json").read_text())

@@ -27,8 +27,6 @@ SMOKE_SETS = {
 COMMON_SMOKE_SETS = ["time_steps=2", "batch_size=8", "eval_batch_size=8"]
 
 
-
-
 # Random data ------------------------------------------------------------------------
 
 
@@ -176,7 +174,22 @@ def test_zoo_config_is_valid(name):
 def test_random_data_trains_end_to_end(tmp_path):
     out = tmp_path / "run"
     options = "data_options={input_shape: [1, 8, 8], n_classes: 3, n_train: 16, n_test: 8}"
-    argv = ["train", "--data", "random", "--set", options, "--set", "model_options.hidden=[32]", "--epochs", "1", "--max-steps", "2", "--out", str(out), "--quiet"]
+    argv = [
+        "train",
+        "--data",
+        "random",
+        "--set",
+        options,
+        "--set",
+        "model_options.hidden=[32]",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary

@@ -19,6 +19,7 @@ missing or corrupt files raise errors that say what is wrong and where. The
 dataset cards in ``datasets/`` describe each set's source, files and licence.
 """
 
+from chsnn.data import catalog  # noqa: F401  (registers the built-in sets)
 from chsnn.data._base import EVENT_DTYPE, ArrayDataset, DataBundle, DataError, MissingDataError, stratified_split
 from chsnn.data.digits import ndigits_cache_path, ndigits_events
 from chsnn.data.encoding import ENCODINGS, encode
@@ -35,8 +36,6 @@ from chsnn.data.registry import (
     unregister_dataset,
 )
 from chsnn.data.synthetic import smoke_data
-
-from chsnn.data import catalog  # noqa: F401  (registers the built-in sets)
 
 __all__ = [
     "DATASETS",

@@ -120,7 +120,7 @@ class ArrayDataset(Dataset):
         return f"{type(self).__name__}({self.name}, n={len(self)}, x={tuple(self.data.shape[1:])})"
 
 
-def uint8_image_bundle(name: str, train: tuple, test: tuple, input_shape: tuple, n_classes: int, note: str, classes=None) -> "DataBundle":
+def uint8_image_bundle(name: str, train: tuple, test: tuple, input_shape: tuple, n_classes: int, note: str, classes=None) -> DataBundle:
     """A static DataBundle from uint8 image arrays ``(x, y)`` already shaped
     ``(N, *input_shape)``; pixels are scaled to [0, 1] when read."""
 

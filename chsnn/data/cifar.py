@@ -44,8 +44,21 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"{path}: empty file")
     try:
         obj = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError, MemoryError, OverflowError) as err:
-        raise DataError(f"{path}: not a valid CIFAR python batch ({type(err).__name__}: {err}); the file is probably truncated or corrupt") from err
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ImportError,
+        MemoryError,
+        OverflowError,
+    ) as err:
+        raise DataError(
+            f"{path}: not a valid CIFAR python batch ({type(err).__name__}: {err}); the file is probably truncated or corrupt"
+        ) from err
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -83,13 +96,19 @@ def load_cifar_bundle(name: str, directory: Path, labels: str = "fine") -> DataB
     if name == "cifar10":
         folder, train_files, test_files = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
         label_key, n_classes, title = "labels", 10, "CIFAR-10"
-        source = "the CIFAR-10 page of Alex Krizhevsky at the University of Toronto ('CIFAR-10 python version', cifar-10-python.tar.gz; extract it)"
+        source = (
+            "the CIFAR-10 page of Alex Krizhevsky at the University of Toronto "
+            "('CIFAR-10 python version', cifar-10-python.tar.gz; extract it)"
+        )
     else:
         if labels not in ("fine", "coarse"):
             raise ValueError(f"labels must be 'fine' or 'coarse', got {labels!r}")
         folder, train_files, test_files = "cifar-100-python", ["train"], ["test"]
         label_key, n_classes, title = f"{labels}_labels", 100 if labels == "fine" else 20, "CIFAR-100"
-        source = "the CIFAR-100 page of Alex Krizhevsky at the University of Toronto ('CIFAR-100 python version', cifar-100-python.tar.gz; extract it)"
+        source = (
+            "the CIFAR-100 page of Alex Krizhevsky at the University of Toronto "
+            "('CIFAR-100 python version', cifar-100-python.tar.gz; extract it)"
+        )
     base = directory if (directory / train_files[0]).is_file() or not (directory / folder).is_dir() else directory / folder
     missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing:

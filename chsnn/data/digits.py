@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chsnn.data._base import ArrayDataset, DataBundle, EVENT_DTYPE, atomic_save_npz, cache_dir, stratified_split
+from chsnn.data._base import EVENT_DTYPE, ArrayDataset, DataBundle, atomic_save_npz, cache_dir, stratified_split
 from chsnn.data.evsim import EventStore, SaccadeCamera, simulate_saccades
 from chsnn.data.frames import events_to_frames
 
@@ -98,7 +98,9 @@ def _read_cache(path: Path, labels: np.ndarray) -> EventStore:
     if any(len(arrays[k]) != n_ev for k in ("x", "y", "p")):
         raise ValueError("field lengths differ")
     s = NDIGITS_CAMERA.sensor
-    if n_ev and (arrays["x"].max() >= s or arrays["y"].max() >= s or arrays["t"].min() < 0 or arrays["t"].max() > NDIGITS_CAMERA.duration_us):
+    if n_ev and (
+        arrays["x"].max() >= s or arrays["y"].max() >= s or arrays["t"].min() < 0 or arrays["t"].max() > NDIGITS_CAMERA.duration_us
+    ):
         raise ValueError("events outside the sensor or the recording")
     return EventStore(arrays["x"], arrays["y"], arrays["t"], arrays["p"], off)
 
@@ -158,4 +160,12 @@ def load_ndigits_bundle(seed: int = 0, time_steps: int = 8, root=None) -> DataBu
     )
 
 
-__all__ = ["EVENT_DTYPE", "digit_images", "load_digits_bundle", "load_ndigits_bundle", "ndigits_events", "ndigits_store", "ndigits_cache_path"]
+__all__ = [
+    "EVENT_DTYPE",
+    "digit_images",
+    "load_digits_bundle",
+    "load_ndigits_bundle",
+    "ndigits_events",
+    "ndigits_store",
+    "ndigits_cache_path",
+]

@@ -106,7 +106,9 @@ class EventStore:
         return {"x": self.x, "y": self.y, "t": self.t, "p": self.p, "offsets": self.offsets}
 
 
-def simulate_saccades(images: np.ndarray, seed: int = 0, ids: np.ndarray | None = None, camera: SaccadeCamera = SaccadeCamera()) -> EventStore:
+def simulate_saccades(
+    images: np.ndarray, seed: int = 0, ids: np.ndarray | None = None, camera: SaccadeCamera = SaccadeCamera()
+) -> EventStore:
     """Simulate the event streams of ``images`` ((N, h, w), values in [0, 1]).
 
     ``ids`` (default ``arange(N)``) are the samples' identities for the per-pixel

@@ -12,7 +12,14 @@ import numpy as np
 from chsnn.data._base import DataBundle, DataError, missing_files, stratified_split, uint8_image_bundle
 
 # IDX type codes: numpy dtype (big-endian where it matters).
-_IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -22,7 +29,9 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{path}: not a readable gzip file ({type(err).__name__}: {err}); the download is probably truncated or corrupt") from err
+            raise DataError(
+                f"{path}: not a readable gzip file ({type(err).__name__}: {err}); the download is probably truncated or corrupt"
+            ) from err
     return path.read_bytes()
 
 
@@ -37,7 +46,9 @@ def read_idx(path: str | Path, ndim: int | None = None, dtype: np.dtype | str | 
     magic = int.from_bytes(raw[:4], "big")
     code, nd = raw[2], raw[3]
     if raw[0] != 0 or raw[1] != 0 or code not in _IDX_TYPES or nd == 0:
-        raise DataError(f"{path}: bad IDX magic number 0x{magic:08X} (expected 0x0000TTDD: two zero bytes, a type code, the number of dimensions)")
+        raise DataError(
+            f"{path}: bad IDX magic number 0x{magic:08X} (expected 0x0000TTDD: two zero bytes, a type code, the number of dimensions)"
+        )
     want = np.dtype(dtype) if dtype is not None else None
     if want is not None and _IDX_TYPES[code].newbyteorder("=") != want.newbyteorder("="):
         raise DataError(f"{path}: IDX type code 0x{code:02X} ({_IDX_TYPES[code]}), expected {want}")
@@ -113,11 +124,16 @@ def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "bal
         if split not in EMNIST_SPLITS:
             raise ValueError(f"split must be one of {', '.join(EMNIST_SPLITS)}, got {split!r}")
         classes = EMNIST_SPLITS[split]
-        stems = {part: (f"emnist-{split}-{part}-images-idx3-ubyte", f"emnist-{split}-{part}-labels-idx1-ubyte") for part in ("train", "test")}
+        stems = {
+            part: (f"emnist-{split}-{part}-images-idx3-ubyte", f"emnist-{split}-{part}-labels-idx1-ubyte") for part in ("train", "test")
+        }
         search = [directory, directory / "gzip"]
     else:
         classes = MNIST_FASHION_CLASSES if name == "fashion-mnist" else _DIGITS
-        stems = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+        stems = {
+            "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        }
         search = [directory, directory / "raw"]
     found = {part: tuple(_find(search, s) for s in pair) for part, pair in stems.items()}
     have = {part: all(f is not None for f in files) for part, files in found.items()}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +45,8 @@ def read_nmnist_file(path: str | Path, sensor: tuple[int, int] = NMNIST_SENSOR[:
     w, h = sensor
     if events["x"].max() >= w or events["y"].max() >= h:
         raise DataError(
-            f"{path}: coordinates up to x={int(events['x'].max())}, y={int(events['y'].max())} lie outside the {w}x{h} sensor (corrupt file?)"
+            f"{path}: coordinates up to x={int(events['x'].max())}, y={int(events['y'].max())} "
+            f"lie outside the {w}x{h} sensor (corrupt file?)"
         )
     t = events["t"]
     if np.any(t[1:] < t[:-1]):
@@ -58,7 +59,9 @@ class EventFileDataset(Dataset):
     ``time_steps`` frames; items are ``(float32 (T, *input_shape), int)``.
     ``events(i)`` is the raw structured event array."""
 
-    def __init__(self, reader: Callable[[int], tuple[np.ndarray, int]], indices, targets, sensor_size, time_steps: int, input_shape, name: str = ""):
+    def __init__(
+        self, reader: Callable[[int], tuple[np.ndarray, int]], indices, targets, sensor_size, time_steps: int, input_shape, name: str = ""
+    ):
         self._reader = reader
         self.indices = np.asarray(indices, dtype=np.int64)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
@@ -132,7 +135,10 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
     for part in ("Train", "Test"):
         files, labels = _nmnist_files(base / part)
         if not files:
-            missing.append(f"{part}/0/*.bin ... {part}/9/*.bin" + (" (the folder exists but holds no digit folders with .bin files)" if (base / part).is_dir() else ""))
+            missing.append(
+                f"{part}/0/*.bin ... {part}/9/*.bin"
+                + (" (the folder exists but holds no digit folders with .bin files)" if (base / part).is_dir() else "")
+            )
         parts[part] = (files, labels)
     if missing:
         raise missing_files("N-MNIST", base, missing, _NMNIST_SOURCE, spec_name="nmnist")
@@ -140,7 +146,9 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
     def make(part: str) -> EventFileDataset:
         files, labels = parts[part]
         reader = _NmnistFiles(files, labels)
-        return EventFileDataset(reader, np.arange(len(files)), labels, NMNIST_SENSOR, time_steps, (2, 34, 34), name=f"nmnist/{part.lower()}")
+        return EventFileDataset(
+            reader, np.arange(len(files)), labels, NMNIST_SENSOR, time_steps, (2, 34, 34), name=f"nmnist/{part.lower()}"
+        )
 
     if resplit:
         fraction = _fraction("resplit", resplit)
@@ -185,7 +193,9 @@ def _check_exists_here(self) -> bool:
 
 
 def _download_refused(self) -> None:
-    raise MissingDataError(f"{type(self).__name__[len('_Local'):]}: tonic asked to download into {self.location_on_system}; chsnn never downloads data")
+    raise MissingDataError(
+        f"{type(self).__name__[len('_Local') :]}: tonic asked to download into {self.location_on_system}; chsnn never downloads data"
+    )
 
 
 def _local_tonic_class(cls):
@@ -294,7 +304,9 @@ def load_cifar10dvs_bundle(directory: Path, time_steps: int = 8, seed: int = 0) 
     if missing:
         raise missing_files("CIFAR10-DVS", base, missing, _CIFAR10DVS_SOURCE, spec_name="cifar10dvs")
     if importlib.util.find_spec("aedat") is None:
-        raise ModuleNotFoundError("cifar10dvs: tonic reads CIFAR10-DVS's AEDAT4 files with the 'aedat' package; install it: pip install aedat")
+        raise ModuleNotFoundError(
+            "cifar10dvs: tonic reads CIFAR10-DVS's AEDAT4 files with the 'aedat' package; install it: pip install aedat"
+        )
     ds = _local_tonic_class(CIFAR10DVS)(save_to=str(base))
     order = _path_order(ds)
     targets = np.asarray(ds.targets, dtype=np.int64)[order]

@@ -24,7 +24,9 @@ MAX_CLASSES = 100_000
 
 def _check_x(path: Path, key: str, x: np.ndarray) -> str:
     if x.ndim not in (2, 3, 4, 5):
-        raise DataError(f"{path}: '{key}' has shape {x.shape} ({x.ndim}-D); expected (N, F), (N, H, W), (N, C, H, W) or event frames (N, T, C, H, W)")
+        raise DataError(
+            f"{path}: '{key}' has shape {x.shape} ({x.ndim}-D); expected (N, F), (N, H, W), (N, C, H, W) or event frames (N, T, C, H, W)"
+        )
     if len(x) == 0:
         raise DataError(f"{path}: '{key}' holds no samples")
     kind = "events" if x.ndim == 5 else "static"
@@ -48,7 +50,10 @@ def _check_y(path: Path, key: str, y: np.ndarray, n: int, x_key: str) -> np.ndar
         raise DataError(f"{path}: '{key}' has a negative label ({int(y.min())}); labels are class numbers 0..N-1")
     top = int(y.max()) if len(y) else 0  # in the stored dtype: a uint64 label keeps its value
     if top >= MAX_CLASSES:
-        raise DataError(f"{path}: '{key}' has a label {top}, which would make {top + 1} classes; labels are class numbers 0..N-1 with N at most {MAX_CLASSES}")
+        raise DataError(
+            f"{path}: '{key}' has a label {top}, which would make {top + 1} classes; "
+            f"labels are class numbers 0..N-1 with N at most {MAX_CLASSES}"
+        )
     return y.astype(np.int64)
 
 
@@ -57,7 +62,9 @@ def load_npz_bundle(file: Path | None, time_steps: int | None = None) -> DataBun
         raise ValueError("npz needs a file: load_dataset('npz:/path/to/data.npz')")
     path = Path(file).expanduser()
     if not path.is_file():
-        raise MissingDataError(f"npz: file {path.name} not found in {path.parent}; write it with numpy.savez(..., x_train=, y_train=, x_test=, y_test=)")
+        raise MissingDataError(
+            f"npz: file {path.name} not found in {path.parent}; write it with numpy.savez(..., x_train=, y_train=, x_test=, y_test=)"
+        )
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
@@ -65,7 +72,10 @@ def load_npz_bundle(file: Path | None, time_steps: int | None = None) -> DataBun
         with z:
             absent = [k for k in KEYS if k not in z.files]
             if absent:
-                raise DataError(f"{path}: missing key(s) {', '.join(repr(k) for k in absent)} (found {', '.join(z.files) or 'none'}; needs {', '.join(KEYS)})")
+                raise DataError(
+                    f"{path}: missing key(s) {', '.join(repr(k) for k in absent)} "
+                    f"(found {', '.join(z.files) or 'none'}; needs {', '.join(KEYS)})"
+                )
             arrays = {}
             for k in KEYS:
                 try:

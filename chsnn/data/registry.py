@@ -22,10 +22,10 @@ from __future__ import annotations
 import inspect
 import os
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from chsnn.data._base import KINDS, DataBundle, cache_dir, check_int
 
@@ -149,7 +149,11 @@ def _refuse_taken(name: str, aliases: tuple[str, ...]) -> None:
     for key in keys:
         if key in _NAMES:
             owner = _NAMES[key]
-            taken = f"dataset {key!r} is already registered" if key == owner else f"dataset name {key!r} is already taken, as an alias of {owner!r}"
+            taken = (
+                f"dataset {key!r} is already registered"
+                if key == owner
+                else f"dataset name {key!r} is already taken, as an alias of {owner!r}"
+            )
             raise ValueError(f"{taken}; pick another name or alias, or call unregister_dataset({owner!r}) first to replace it")
     if len(set(keys)) != len(keys):
         raise ValueError(f"dataset {name!r}: the name and aliases {keys} repeat one another")
@@ -238,7 +242,9 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_dataset(spec: str, *, time_steps: int | None = None, seed: int = 0, root: str | os.PathLike | None = None, **options) -> DataBundle:
+def load_dataset(
+    spec: str, *, time_steps: int | None = None, seed: int = 0, root: str | os.PathLike | None = None, **options
+) -> DataBundle:
     """Load a data set by spec: ``"NAME"`` or ``"NAME:PATH"`` (see ``DATASETS``).
 
     - ``time_steps``: frames per recording for event sets (default 8; for ``npz``

@@ -86,7 +86,9 @@ def load_random_bundle(
     sample = shape if kind == "static" else (time_steps, *shape)
     per_sample = int(np.prod(sample, dtype=np.int64))
     if per_sample * max(n_train, n_test) > _MAX_ELEMENTS:
-        raise ValueError(f"random data of {max(n_train, n_test)} samples of shape {sample} is too large; lower n_train / n_test or input_shape")
+        raise ValueError(
+            f"random data of {max(n_train, n_test)} samples of shape {sample} is too large; lower n_train / n_test or input_shape"
+        )
 
     gen = torch.Generator().manual_seed(seed)
 

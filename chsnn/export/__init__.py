@@ -57,16 +57,16 @@ from pathlib import Path
 
 from torch import nn
 
+from chsnn.contracts import split_masked_state
 from chsnn.export.csr import SPARSE_FORMAT, SPARSE_VERSION, load_sparse, read_sparse, save_sparse, sparse_state
 from chsnn.export.layers import ExportError, example_input, forward_order, neuron_parameters
-from chsnn.export.nir_graph import NIR_DT, NIR_MODELS, affine_node, lif_node, layer_mappers, model_mappers, save_nir, to_nir
+from chsnn.export.nir_graph import NIR_DT, NIR_MODELS, affine_node, layer_mappers, lif_node, model_mappers, save_nir, to_nir
 from chsnn.export.nir_network import NIRNetwork, from_nir, node_builders
 from chsnn.export.state_dict import TORCH_FORMAT, dense_state_bytes, densities, load_torch, save_torch
 
 # The run's model is rebuilt by chsnn.rundir (no Runner, data or engine); its
 # names stay importable from here.
 from chsnn.rundir import CHECKPOINT_HELP, LoadedRun, build_from_spec, load_run, model_spec
-from chsnn.contracts import split_masked_state
 
 FORMATS = ("torch", "sparse", "nir")
 SUFFIXES = {"torch": ".pt", "sparse": ".npz", "nir": ".nir"}
@@ -184,8 +184,13 @@ def add_export_command(sub) -> None:
     """Register ``chsnn export`` on the ``chsnn`` subparsers."""
     p = sub.add_parser("export", help="export a run's trained network: masked torch state dict, compact CSR file, or NIR graph")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `chsnn train`")
-    p.add_argument("--format", dest="format", required=True, metavar="{torch,sparse,nir}",
-                   help="torch: masked state dict (.pt + .json spec); sparse: CSR .npz; nir: Neuromorphic Intermediate Representation (.nir)")
+    p.add_argument(
+        "--format",
+        dest="format",
+        required=True,
+        metavar="{torch,sparse,nir}",
+        help="torch: masked state dict (.pt + .json spec); sparse: CSR .npz; nir: Neuromorphic Intermediate Representation (.nir)",
+    )
     p.add_argument("--out", help="file or directory to write (default: RUN_DIR/export/model-CHECKPOINT.{pt,npz,nir})")
     p.add_argument("--checkpoint", metavar="{latest,best}", help=CHECKPOINT_HELP)
     p.set_defaults(func=_export_command)

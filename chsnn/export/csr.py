@@ -133,4 +133,3 @@ def load_sparse(path) -> nn.Module:
     model.load_state_dict(state, strict=True)
     setattr(model, EXPORT_MASKS, masks)  # the CSR structure, for chsnn.inference
     return model
-

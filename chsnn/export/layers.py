@@ -11,7 +11,6 @@ class ExportError(ValueError):
     """An export that cannot be made (the CLI prints it as ``chsnn export: error: ...``)."""
 
 
-
 def example_input(model: nn.Module, batch: int = 1, time_steps: int = 1) -> torch.Tensor:
     shape = tuple(model.input_shape)
     lead = (time_steps, batch) if getattr(model, "spiking", False) else (batch,)
@@ -85,4 +84,3 @@ def neuron_parameters(module: nn.Module) -> dict | None:
             out["v_reset"] = 0.0
         return out
     return None
-

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from chsnn.export.layers import ExportError, neuron_parameters
 from chsnn.contracts import neuron_types
+from chsnn.export.layers import ExportError, neuron_parameters
 from chsnn.rundir import LoadedRun, model_spec
 
 NIR_DT = 1e-4  # seconds per time step in the NIR graphs (SpikingJelly's and most NIR tools' default)
@@ -43,7 +43,10 @@ def nir_module():
 
 def unsupported(model: nn.Module, why: str) -> ExportError:
     name = getattr(model, "model_name", type(model).__name__)
-    return ExportError(f"model {name!r} cannot be exported to NIR: {why}. NIR export supports {NIR_MODELS}; for this model use --format torch or --format sparse")
+    return ExportError(
+        f"model {name!r} cannot be exported to NIR: {why}. NIR export supports {NIR_MODELS}; "
+        "for this model use --format torch or --format sparse"
+    )
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -76,7 +79,13 @@ def lif_node(params: dict, shape, dt: float, model: nn.Module):
     tau, v_reset = float(params["tau"]), float(params["v_reset"])
     decay_input = params.get("decay_input", True)  # snnTorch's Leaky is fed I / tau by chsnn: decay_input
     full = lambda v: np.full(tuple(shape), v, dtype=np.float64)  # noqa: E731  (float64: tau * dt / dt stays exact)
-    return nir.LIF(tau=full(tau * dt), r=full(1.0 if decay_input else tau), v_leak=full(v_reset), v_threshold=full(params["v_threshold"]), v_reset=full(v_reset))
+    return nir.LIF(
+        tau=full(tau * dt),
+        r=full(1.0 if decay_input else tau),
+        v_leak=full(v_reset),
+        v_threshold=full(params["v_threshold"]),
+        v_reset=full(v_reset),
+    )
 
 
 def affine_node(linear: nn.Linear):
@@ -100,7 +109,11 @@ class Chain:
             self.shape = tuple(shape)
 
     def flatten(self) -> None:
-        self.add("flatten", nir_module().Flatten(input_type={"input": np.array(self.shape)}, start_dim=0, end_dim=-1), (int(np.prod(self.shape)),))
+        self.add(
+            "flatten",
+            nir_module().Flatten(input_type={"input": np.array(self.shape)}, start_dim=0, end_dim=-1),
+            (int(np.prod(self.shape)),),
+        )
 
     def sequence(self, prefix: str, block: nn.Module) -> None:
         """The nodes of ``block``'s children, each mapped by its class."""
@@ -148,7 +161,9 @@ def _conv(chain: Chain, name: str, m: nn.Conv2d, following) -> bool:
     _, h, w = chain.shape
     kh, kw = m.kernel_size
     (sh, sw), (ph, pw), (dh, dw) = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
-    node = nir_module().Conv2d(input_shape=(h, w), weight=_np(weight), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=1, bias=_np(bias))
+    node = nir_module().Conv2d(
+        input_shape=(h, w), weight=_np(weight), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=1, bias=_np(bias)
+    )
     chain.add(name, node, (m.out_channels, _conv_out(h, kh, sh, ph, dh), _conv_out(w, kw, sw, pw, dw)))
     return fold
 

@@ -40,7 +40,9 @@ class NIRNetwork(nn.Module):
         inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
         outputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Output)]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ExportError(f"NIR graphs with one Input and one Output node are supported; this one has inputs {inputs} and outputs {outputs}")
+            raise ExportError(
+                f"NIR graphs with one Input and one Output node are supported; this one has inputs {inputs} and outputs {outputs}"
+            )
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.input_shape = tuple(int(s) for s in np.asarray(graph.nodes[self.input_name].input_type["input"]).reshape(-1))
         self.n_classes = int(np.prod(np.asarray(graph.nodes[self.output_name].output_type["output"])))
@@ -71,7 +73,10 @@ class NIRNetwork(nn.Module):
             return None
         build = next((b for cls, b in node_builders().items() if isinstance(node, cls)), None)
         if build is None:
-            raise ExportError(f"NIR node {name} of type {type(node).__name__} is not supported; supported: Affine, Linear, Flatten, LIF, IF, Conv2d, AvgPool2d")
+            raise ExportError(
+                f"NIR node {name} of type {type(node).__name__} is not supported; "
+                "supported: Affine, Linear, Flatten, LIF, IF, Conv2d, AvgPool2d"
+            )
         return build(node, name, self.dt)
 
     def reset_states(self) -> None:
@@ -99,7 +104,6 @@ class NIRNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_steps(x).mean(0)
-
 
 
 # Node builders: build(node, its name, dt) -> a SpikingJelly multi-step layer.
@@ -140,13 +144,17 @@ def _lif(node, name: str, dt: float) -> nn.Module:
         decay_input = False
     else:
         raise ExportError(f"NIR node {name}: LIF resistance r={r} must be 1 or tau/dt={tau}")
-    return neuron.LIFNode(tau=tau, decay_input=decay_input, v_threshold=_uniform(node.v_threshold, name, "v_threshold"), v_reset=v_reset, step_mode="m")
+    return neuron.LIFNode(
+        tau=tau, decay_input=decay_input, v_threshold=_uniform(node.v_threshold, name, "v_threshold"), v_reset=v_reset, step_mode="m"
+    )
 
 
 def _if(node, name: str, dt: float) -> nn.Module:
     from spikingjelly.activation_based import neuron
 
-    return neuron.IFNode(v_threshold=_uniform(node.v_threshold, name, "v_threshold"), v_reset=_uniform(node.v_reset, name, "v_reset"), step_mode="m")
+    return neuron.IFNode(
+        v_threshold=_uniform(node.v_threshold, name, "v_threshold"), v_reset=_uniform(node.v_reset, name, "v_reset"), step_mode="m"
+    )
 
 
 def _ints(v) -> tuple[int, ...]:
@@ -180,7 +188,15 @@ def _avg_pool(node, name: str, dt: float) -> nn.Module:
 def node_builders() -> dict[type, object]:
     """NIR node class -> builder (checked in this order: LIF before IF)."""
     nir = nir_module()
-    return {nir.Affine: _linear, nir.Linear: _linear, nir.Flatten: _flatten, nir.LIF: _lif, nir.IF: _if, nir.Conv2d: _conv, nir.AvgPool2d: _avg_pool}
+    return {
+        nir.Affine: _linear,
+        nir.Linear: _linear,
+        nir.Flatten: _flatten,
+        nir.LIF: _lif,
+        nir.IF: _if,
+        nir.Conv2d: _conv,
+        nir.AvgPool2d: _avg_pool,
+    }
 
 
 def _uniform(value, node: str, what: str) -> float:

@@ -49,4 +49,3 @@ def load_torch(path) -> nn.Module:
     model = build_from_spec(spec)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model
-

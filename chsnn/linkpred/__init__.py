@@ -74,4 +74,14 @@ _Wedges, _wedge_counts, _plans = Wedges, wedge_counts, kernel_plans
 _spgemm_dense_cpu, _spgemm_dense_torch = spgemm_dense_cpu, spgemm_dense_torch
 _DENSE_COUNT_BINS, _INT32_LIMIT = DENSE_COUNT_BINS, INT32_LIMIT
 
-__all__ = ["MODELS", "METHODS", "KERNELS", "ch_scores", "ch_scores_batched", "count_l3_paths", "last_choice", "take_choice", "LinkPredictionMemoryError"]
+__all__ = [
+    "MODELS",
+    "METHODS",
+    "KERNELS",
+    "ch_scores",
+    "ch_scores_batched",
+    "count_l3_paths",
+    "last_choice",
+    "take_choice",
+    "LinkPredictionMemoryError",
+]

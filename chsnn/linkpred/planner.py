@@ -117,7 +117,9 @@ class Plan:
         lo, hi = 1, self.max_chunk  # largest c with need(c) <= budget, need(c) - need(0) <= cap
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            ok = (budget is None or self.need(mid) <= budget) and (self.cap_bytes is None or self.need(mid) - self.need(0) <= self.cap_bytes)
+            ok = (budget is None or self.need(mid) <= budget) and (
+                self.cap_bytes is None or self.need(mid) - self.need(0) <= self.cap_bytes
+            )
             lo, hi = (mid, hi) if ok else (lo, mid - 1)
         self.chunk = lo
         return True
@@ -155,7 +157,9 @@ def kernel_plans(masks: torch.Tensor, method: str, links=None) -> list[Plan]:
             small = float((deg_g * deg_g).sum()) * n_g
             large = B * (n_o * n_o * n_g + n_g * n_g * n_o)
             elements = float(deg_g.sum()) * n_g + B * (n_o * n_o + n_g * n_g)
-            seconds = _SEC_PER_DENSE_CALL * B + small / _BATCHED_FMA_PER_SEC + large / _DENSE_FMA_PER_SEC + _SEC_PER_DENSE_ELEMENT * elements
+            seconds = (
+                _SEC_PER_DENSE_CALL * B + small / _BATCHED_FMA_PER_SEC + large / _DENSE_FMA_PER_SEC + _SEC_PER_DENSE_ELEMENT * elements
+            )
             plan = Plan(method, "dense", need, seconds, max_chunk=max(1, min(n_g, _DENSE_EXACT_MAX_CHUNK)), cap_bytes=_DENSE_BLOCK_BYTES)
             plan.side = side
             plans.append(plan)
@@ -179,7 +183,7 @@ def choose_plan(masks: torch.Tensor, method: str, memory_gb, kernel, chunk, link
     if chunk is not None and kernel is None:
         kernel = "dense"
     tried = {}
-    for m in (("exact", "node") if method == "auto" else (method,)):
+    for m in ("exact", "node") if method == "auto" else (method,):
         plans = [p for p in kernel_plans(masks, m, links) if kernel is None or p.kernel == kernel]
         tried[m] = plans
         fitting = [p for p in plans if p.fit(budget, chunk)]
@@ -211,8 +215,5 @@ def _raise_memory(masks, method, budget, kernel, chunk, tried) -> None:
     fixes.append(f"{MEMORY_ENV}=<GiB> (or memory_gb=) to raise the budget")
     raise LinkPredictionMemoryError(
         f"CH link prediction (method={method!r}) on a {shape} layer at density {density:.3g} does not fit "
-        f"the budget of {gib(budget)} on {masks.device.type}, even one chunk: it needs "
-        + "; ".join(needs)
-        + ". Fixes: "
-        + "; ".join(fixes)
+        f"the budget of {gib(budget)} on {masks.device.type}, even one chunk: it needs " + "; ".join(needs) + ". Fixes: " + "; ".join(fixes)
     )

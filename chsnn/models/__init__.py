@@ -22,14 +22,14 @@ to ``{}`` when a builder leaves them out. New models register with
 :func:`register_model`.
 """
 
-from chsnn.models.base import SpikingJellyModel, SpikingModel, neuron_backend
-from chsnn.models.registry import MODELS, build_model, model_defaults, register_model
+from chsnn.models import ann as _ann  # noqa: E402,F401
 
 # Importing the model modules registers them.
 from chsnn.models import cnn as _cnn  # noqa: E402,F401
 from chsnn.models import mlp as _mlp  # noqa: E402,F401
-from chsnn.models import ann as _ann  # noqa: E402,F401
-from chsnn.models import vgg as _vgg  # noqa: E402,F401
 from chsnn.models import spikformer as _spikformer  # noqa: E402,F401
+from chsnn.models import vgg as _vgg  # noqa: E402,F401
+from chsnn.models.base import SpikingJellyModel, SpikingModel, neuron_backend
+from chsnn.models.registry import MODELS, build_model, model_defaults, register_model
 
 __all__ = ["MODELS", "build_model", "register_model", "model_defaults", "neuron_backend", "SpikingModel", "SpikingJellyModel"]

@@ -78,7 +78,11 @@ class MLP(AnnModel):
         return self.head(self.hidden(self.flatten(x)))
 
 
-@register_model("mlp", spiking=False, description="ANN MLP of the CHT paper: Flatten -> [Linear -> ReLU] x depth -> Linear, hidden width round(1568 * width)")
+@register_model(
+    "mlp",
+    spiking=False,
+    description="ANN MLP of the CHT paper: Flatten -> [Linear -> ReLU] x depth -> Linear, hidden width round(1568 * width)",
+)
 def mlp(input_shape, n_classes, time_steps, *, width=1.0, depth=3, dropout=0.0):
     """Non-spiking MLP (input ``(N, *input_shape)``).
 

@@ -17,7 +17,7 @@ import functools
 import importlib
 import inspect
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -61,7 +61,9 @@ def check_int_list(option: str, value) -> list[int]:
     return [int(v) for v in sizes]
 
 
-def check_real(option: str, value, *, low: float, high: float = math.inf, low_open: bool = True, high_open: bool = True, why: str = "") -> float:
+def check_real(
+    option: str, value, *, low: float, high: float = math.inf, low_open: bool = True, high_open: bool = True, why: str = ""
+) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (high == math.inf or (value < high if high_open else value <= high))
@@ -84,7 +86,12 @@ def check_input_shape(model, x, leading: tuple[str, ...], what: str = "input") -
     """``x`` must be ``(*leading, *model.input_shape)`` with a non-empty first
     dimension; the error names the expected layout."""
     n = len(leading)
-    if not isinstance(x, torch.Tensor) or x.dim() != n + len(model.input_shape) or tuple(x.shape[n:]) != model.input_shape or x.shape[0] == 0:
+    if (
+        not isinstance(x, torch.Tensor)
+        or x.dim() != n + len(model.input_shape)
+        or tuple(x.shape[n:]) != model.input_shape
+        or x.shape[0] == 0
+    ):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         dims = ", ".join((*leading, *map(str, model.input_shape)))
         raise ValueError(f"{type(model).__name__} expects {what} ({dims}) with {leading[0]} >= 1, got {shape}")
@@ -93,7 +100,7 @@ def check_input_shape(model, x, leading: tuple[str, ...], what: str = "input") -
 # Neuron kernels -----------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lif_takes_backend() -> bool:
     """True for SpikingJelly releases whose ``LIFNode`` takes ``backend=``
     (up to 0.0.0.x); SpikingJelly 2 picks its CPU/CUDA/Triton kernels by
@@ -103,7 +110,7 @@ def lif_takes_backend() -> bool:
     return "backend" in inspect.signature(neuron.LIFNode.__init__).parameters
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _importable(module: str) -> bool:
     try:
         importlib.import_module(module)
@@ -112,7 +119,7 @@ def _importable(module: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lif_supported_backends() -> tuple[str, ...]:
     from spikingjelly.activation_based import neuron
 

@@ -61,7 +61,9 @@ class SpikingCNN(SpikingJellyModel):
     """SpikingJelly multi-step CNN. Modules: ``features`` (the conv blocks),
     ``flatten``, ``fc``, ``fc_lif`` (``fc_dropout``) and the readout ``head``."""
 
-    def __init__(self, input_shape, n_classes, time_steps, channels, hidden, tau, v_threshold, surrogate, pool, dropout, neuron_backend="auto"):
+    def __init__(
+        self, input_shape, n_classes, time_steps, channels, hidden, tau, v_threshold, surrogate, pool, dropout, neuron_backend="auto"
+    ):
         super().__init__(input_shape, n_classes, time_steps, neuron_backend)
         from spikingjelly.activation_based import layer
 
@@ -100,7 +102,9 @@ class SpikingCNN(SpikingJellyModel):
         return self.head(self.fc_dropout(self.fc_lif(self.fc(h))))
 
 
-@register_model("snn-cnn", description="Spiking VGG-style CNN: [Conv3x3 -> BN -> LIF -> pool] blocks -> Linear -> LIF -> Linear readout (SpikingJelly)")
+@register_model(
+    "snn-cnn", description="Spiking VGG-style CNN: [Conv3x3 -> BN -> LIF -> pool] blocks -> Linear -> LIF -> Linear readout (SpikingJelly)"
+)
 def snn_cnn(
     input_shape,
     n_classes,
@@ -132,6 +136,13 @@ def snn_cnn(
     neuron_backend = check_neuron_backend(neuron_backend)
     model = SpikingCNN(input_shape, n_classes, time_steps, channels, hidden, tau, v_threshold, surrogate, pool, dropout, neuron_backend)
     model.options = dict(
-        channels=channels, hidden=hidden, tau=tau, v_threshold=v_threshold, surrogate=surrogate, pool=pool, dropout=dropout, neuron_backend=neuron_backend
+        channels=channels,
+        hidden=hidden,
+        tau=tau,
+        v_threshold=v_threshold,
+        surrogate=surrogate,
+        pool=pool,
+        dropout=dropout,
+        neuron_backend=neuron_backend,
     )
     return model

@@ -121,7 +121,10 @@ class SnnTorchMLP(SpikingModel):
         return torch.stack(outputs)
 
 
-@register_model("snn-mlp", description="Spiking MLP: Flatten -> [Linear -> LIF] x depth -> Linear readout (SpikingJelly, or snnTorch with backend='snntorch')")
+@register_model(
+    "snn-mlp",
+    description="Spiking MLP: Flatten -> [Linear -> LIF] x depth -> Linear readout (SpikingJelly, or snnTorch with backend='snntorch')",
+)
 def snn_mlp(
     input_shape,
     n_classes,

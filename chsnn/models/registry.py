@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -148,7 +149,10 @@ def build_model(name: str, input_shape, n_classes: int, time_steps: int | None =
         unknown = sorted(set(options) - set(entry.defaults))
         if unknown:
             allowed = ", ".join(entry.defaults) or "none"
-            raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for model {name!r}; allowed options: {allowed}")
+            raise ValueError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for model {name!r}; "
+                f"allowed options: {allowed}"
+            )
     model = entry.builder(input_shape, n_classes, time_steps, **options)
     if not isinstance(model, nn.Module):
         raise TypeError(f"builder of model {name!r} returned {type(model).__name__}, not an nn.Module")

@@ -104,7 +104,10 @@ def qkv_head_groups(dim: int, num_heads: int) -> list[list[int]]:
     return [list(range(s * dim + h * head_dim, s * dim + (h + 1) * head_dim)) for s in range(3) for h in range(num_heads)]
 
 
-@register_model("spikformer", description="Spikformer (SpikingJelly 2): spiking conv patch stem -> [spiking self-attention + MLP] blocks -> Linear readout")
+@register_model(
+    "spikformer",
+    description="Spikformer (SpikingJelly 2): spiking conv patch stem -> [spiking self-attention + MLP] blocks -> Linear readout",
+)
 def spikformer(input_shape, n_classes, time_steps, *, embed_dims=256, num_heads=8, depths=2, mlp_ratio=4.0, patch_size=None):
     """Spikformer for (C, H, W) inputs (input ``(T, N, C, H, W)``).
 
@@ -121,7 +124,9 @@ def spikformer(input_shape, n_classes, time_steps, *, embed_dims=256, num_heads=
     depths = check_positive_int("depths", depths)
     mlp_ratio = check_real("mlp_ratio", mlp_ratio, low=0.0)
     if embed_dims < 8:
-        raise ValueError(f"option embed_dims must be at least 8 (the patch stem's first stage has embed_dims // 8 channels), got {embed_dims}")
+        raise ValueError(
+            f"option embed_dims must be at least 8 (the patch stem's first stage has embed_dims // 8 channels), got {embed_dims}"
+        )
     if embed_dims % num_heads:
         raise ValueError(f"option num_heads={num_heads} must divide embed_dims={embed_dims}")
     if int(embed_dims * mlp_ratio) < 1:

@@ -111,7 +111,9 @@ class SpikingVGG(SpikingJellyModel):
         return self.head(self.flatten(self.pool(self.features(x))))
 
 
-@register_model("vgg16", spiking=False, description="ANN VGG16 with batch norm (3x3 convs, 5 max pools) -> Linear classifier; channels scaled by width")
+@register_model(
+    "vgg16", spiking=False, description="ANN VGG16 with batch norm (3x3 convs, 5 max pools) -> Linear classifier; channels scaled by width"
+)
 def vgg16(input_shape, n_classes, time_steps, *, width=1.0):
     """Non-spiking VGG16-BN for (C, H, W) inputs (input ``(N, C, H, W)``).
 
@@ -125,7 +127,10 @@ def vgg16(input_shape, n_classes, time_steps, *, width=1.0):
     return model
 
 
-@register_model("snn-vgg16", description="Spiking VGG16: [Conv3x3 -> BN -> LIF] x 13 with 5 max pools -> Linear readout (SpikingJelly); channels scaled by width")
+@register_model(
+    "snn-vgg16",
+    description="Spiking VGG16: [Conv3x3 -> BN -> LIF] x 13 with 5 max pools -> Linear readout (SpikingJelly); channels scaled by width",
+)
 def snn_vgg16(input_shape, n_classes, time_steps, *, width=1.0, tau=2.0, v_threshold=1.0, surrogate="atan", neuron_backend="auto"):
     """Spiking VGG16-BN for (C, H, W) inputs (input ``(T, N, C, H, W)``).
 

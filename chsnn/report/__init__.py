@@ -48,7 +48,9 @@ def add_report_command(sub) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `chsnn train`")
     p.add_argument("--out", default=".", help="where the comparison of several runs goes (default: the current directory)")
     p.add_argument("--pj-ac", type=float, default=None, help="energy of one accumulate in pJ (default: chsnn.energy.PJ_PER_AC, 0.9)")
-    p.add_argument("--pj-mac", type=float, default=None, help="energy of one multiply-accumulate in pJ (default: chsnn.energy.PJ_PER_MAC, 4.6)")
+    p.add_argument(
+        "--pj-mac", type=float, default=None, help="energy of one multiply-accumulate in pJ (default: chsnn.energy.PJ_PER_MAC, 4.6)"
+    )
     p.set_defaults(func=_report_command)
 
 
@@ -57,8 +59,11 @@ def _report_command(args) -> int:
     for d in dirs:
         report = render_report(d, pj_per_ac=args.pj_ac, pj_per_mac=args.pj_mac)
         ps, ra = report["per_sample"], report["ratios"]
-        print(f"{d / 'report' / 'index.html'}: accuracy {fmt(report.get('test_accuracy'), '.4f')}, sparsity {fmt(report.get('sparsity'), '.4f')}, "
-              f"{fmt(ps.get('sops'))} SOPs and {fmt(ps.get('energy_pj'))} pJ per sample (x{fmt(ra.get('energy_pj'), '.3f')} of dense)")
+        print(
+            f"{d / 'report' / 'index.html'}: accuracy {fmt(report.get('test_accuracy'), '.4f')}, "
+            f"sparsity {fmt(report.get('sparsity'), '.4f')}, "
+            f"{fmt(ps.get('sops'))} SOPs and {fmt(ps.get('energy_pj'))} pJ per sample (x{fmt(ra.get('energy_pj'), '.3f')} of dense)"
+        )
     if len(dirs) > 1:
         render_comparison(dirs, args.out, pj_per_ac=args.pj_ac, pj_per_mac=args.pj_mac)
         print(f"{Path(args.out) / 'comparison.html'}")

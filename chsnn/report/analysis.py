@@ -21,7 +21,9 @@ def topology_summary(records: list[dict], frozen=(), summary_layers=None) -> dic
     layers: dict[str, dict] = {}
     for r in records:
         for lay in r.get("layers", []):
-            d = layers.setdefault(lay["name"], {"removed": 0, "regrown": 0, "chain_removed": 0, "overlaps": [], "ms": 0.0, "frozen_at_step": None})
+            d = layers.setdefault(
+                lay["name"], {"removed": 0, "regrown": 0, "chain_removed": 0, "overlaps": [], "ms": 0.0, "frozen_at_step": None}
+            )
             d["removed"] += int(lay.get("removed", 0))
             d["regrown"] += int(lay.get("regrown", 0))
             d["chain_removed"] += int(lay.get("chain_removed", 0))
@@ -60,4 +62,11 @@ def power_law_fit(degrees) -> dict | None:
     pred = slope * x + intercept
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
-    return {"exponent": float(-slope), "intercept": float(intercept), "r2": r2, "power_law": r2 >= POWER_LAW_R2, "k_min": 1, "n_points": int(values.size)}
+    return {
+        "exponent": float(-slope),
+        "intercept": float(intercept),
+        "r2": r2,
+        "power_law": r2 >= POWER_LAW_R2,
+        "k_min": 1,
+        "n_points": int(values.size),
+    }

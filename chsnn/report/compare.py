@@ -32,10 +32,17 @@ def explanations(reports: list[dict]) -> list[dict]:
     from chsnn.energy import sops_ratio_explained
 
     out = []
-    for i, r in enumerate(reports):
+    for r in reports:
         if r.get("method") == "dense":
             continue
-        dense = next((d for d in reports if d.get("method") == "dense" and d.get("model") == r.get("model") and d.get("dataset") == r.get("dataset")), None)
+        dense = next(
+            (
+                d
+                for d in reports
+                if d.get("method") == "dense" and d.get("model") == r.get("model") and d.get("dataset") == r.get("dataset")
+            ),
+            None,
+        )
         if dense is None:
             continue
         ex = dict(sops_ratio_explained(r["energy"], dense["energy"]))
@@ -110,7 +117,15 @@ EXPLAIN_TEXT = (
     "firing and fan-out are independent and above 1 when the neurons that fire keep more than their share of the links "
     "(as when topology evolution concentrates links on active neurons)."
 )
-EXPLAIN_COLUMNS = [("run", "sparse run", None), ("dense_run", "dense run", None), ("sops_ratio", "SOPs ratio", ".4f"), ("density_ratio", "density ratio", ".4f"), ("firing_rate_ratio", "firing-rate ratio", ".4f"), ("predicted_ratio", "density x firing-rate", ".4f"), ("coupling", "coupling", ".2f")]
+EXPLAIN_COLUMNS = [
+    ("run", "sparse run", None),
+    ("dense_run", "dense run", None),
+    ("sops_ratio", "SOPs ratio", ".4f"),
+    ("density_ratio", "density ratio", ".4f"),
+    ("firing_rate_ratio", "firing-rate ratio", ".4f"),
+    ("predicted_ratio", "density x firing-rate", ".4f"),
+    ("coupling", "coupling", ".2f"),
+]
 
 
 def cells(row, cols):
@@ -122,7 +137,12 @@ def cells(row, cols):
 
 
 def comparison_md(result: dict) -> str:
-    lines = ["# chsnn comparison", "", "| " + " | ".join(h for _, h, _ in COMPARISON_COLUMNS) + " |", "|" + "---|" * len(COMPARISON_COLUMNS)]
+    lines = [
+        "# chsnn comparison",
+        "",
+        "| " + " | ".join(h for _, h, _ in COMPARISON_COLUMNS) + " |",
+        "|" + "---|" * len(COMPARISON_COLUMNS),
+    ]
     lines += ["| " + " | ".join(cells(r, COMPARISON_COLUMNS)) + " |" for r in result["runs"]]
     if result["sops_explained"]:
         lines += ["", "## SOPs against the dense run", "", EXPLAIN_TEXT, ""]
@@ -134,11 +154,22 @@ def comparison_md(result: dict) -> str:
 
 def comparison_html(result: dict, figure: str | None) -> str:
     parts = ["<header><h1>chsnn comparison</h1>", f'<p class="sub">{len(result["runs"])} runs</p></header>', "<main>"]
-    parts.append(table([h for _, h, _ in COMPARISON_COLUMNS], [cells(r, COMPARISON_COLUMNS) for r in result["runs"]]).replace("<table", '<table id="runs"', 1))
+    parts.append(
+        table([h for _, h, _ in COMPARISON_COLUMNS], [cells(r, COMPARISON_COLUMNS) for r in result["runs"]]).replace(
+            "<table", '<table id="runs"', 1
+        )
+    )
     if result["sops_explained"]:
         parts += ["<h2>SOPs against the dense run</h2>", "<p>" + EXPLAIN_TEXT + "</p>"]
-        parts.append(table([h for _, h, _ in EXPLAIN_COLUMNS], [cells(r, EXPLAIN_COLUMNS) for r in result["sops_explained"]]).replace("<table", '<table id="explained"', 1))
+        parts.append(
+            table([h for _, h, _ in EXPLAIN_COLUMNS], [cells(r, EXPLAIN_COLUMNS) for r in result["sops_explained"]]).replace(
+                "<table", '<table id="explained"', 1
+            )
+        )
     content = figure or '<p class="missing">Not shown: no run has SOPs per sample.</p>'
-    parts.append(f'<figure id="fig-accuracy-sops">\n{content}\n<figcaption>Test accuracy against SOPs per sample, one point per run.</figcaption>\n</figure>')
+    parts.append(
+        f'<figure id="fig-accuracy-sops">\n{content}\n'
+        "<figcaption>Test accuracy against SOPs per sample, one point per run.</figcaption>\n</figure>"
+    )
     parts.append("</main>")
     return page("chsnn comparison", "\n".join(parts))

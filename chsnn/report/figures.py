@@ -15,11 +15,21 @@ MASK_IMAGE_MAX = 256  # mask images are max-pooled down to at most this many pix
 FIGURES = [
     ("fig-training", "Training curves: loss and train/test accuracy per epoch."),
     ("fig-density", "Density and active neurons (percolation) per sparse layer over training."),
-    ("fig-overlap", f"Overlap of removed and regrown links per layer at each topology update; the dashed line is the early-stop threshold {OVERLAP_STOP}."),
+    (
+        "fig-overlap",
+        "Overlap of removed and regrown links per layer at each topology update; "
+        f"the dashed line is the early-stop threshold {OVERLAP_STOP}.",
+    ),
     ("fig-firing", "Firing rate of each spiking layer on the test set (and over training)."),
     ("fig-energy", "Energy per sample by layer: the sparse model against the same model dense (pJ)."),
-    ("fig-degrees", "Degree distributions of each sparse layer's final graph (log-log), with a least-squares power-law fit over degrees >= 1."),
-    ("fig-masks", f"Connectivity masks of the sparse layers (rows: outputs, columns: inputs; max-pooled to at most {MASK_IMAGE_MAX} px a side)."),
+    (
+        "fig-degrees",
+        "Degree distributions of each sparse layer's final graph (log-log), with a least-squares power-law fit over degrees >= 1.",
+    ),
+    (
+        "fig-masks",
+        f"Connectivity masks of the sparse layers (rows: outputs, columns: inputs; max-pooled to at most {MASK_IMAGE_MAX} px a side).",
+    ),
 ]
 FIGURE_IDS = [f for f, _ in FIGURES]
 
@@ -103,7 +113,9 @@ def fig_density(metrics, records, shapes):
     series: dict[str, list[tuple]] = {}
     for m in metrics:
         for lay in m.get("layers", []):
-            series.setdefault(lay["name"], []).append((m.get("step", m.get("epoch")), lay.get("density"), lay.get("active_in"), lay.get("active_out")))
+            series.setdefault(lay["name"], []).append(
+                (m.get("step", m.get("epoch")), lay.get("density"), lay.get("active_in"), lay.get("active_out"))
+            )
     for r in records:
         for lay in r.get("layers", []):
             series.setdefault(lay["name"], []).append((r.get("step"), lay.get("density"), lay.get("active_in"), lay.get("active_out")))
@@ -176,7 +188,13 @@ def fig_firing(firing_rates, metrics):
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch"), ax.set_ylabel("firing rate"), ax.set_title("over training", fontsize=9), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        (
+            ax.set_xlabel("epoch"),
+            ax.set_ylabel("firing rate"),
+            ax.set_title("over training", fontsize=9),
+            ax.grid(alpha=0.3),
+            ax.legend(fontsize=8),
+        )
     fig.tight_layout()
     return fig, None
 
@@ -222,7 +240,12 @@ def fig_degrees(masks):
                 ax.loglog(values, counts / deg.size, "o", ms=4, label="observed")
             if fit and fit["power_law"]:
                 xs = np.linspace(np.log(pos.min()), np.log(pos.max()), 50)
-                ax.loglog(np.exp(xs), np.exp(fit["intercept"] - fit["exponent"] * xs), "r-", label=f"power-law fit: gamma={fit['exponent']:.2f}, R²={fit['r2']:.2f}")
+                ax.loglog(
+                    np.exp(xs),
+                    np.exp(fit["intercept"] - fit["exponent"] * xs),
+                    "r-",
+                    label=f"power-law fit: gamma={fit['exponent']:.2f}, R²={fit['r2']:.2f}",
+                )
             elif fit:
                 ax.plot([], [], " ", label=f"no power law (log-log fit R²={fit['r2']:.2f} < {POWER_LAW_R2})")
             else:
@@ -258,7 +281,9 @@ def comparison_figure(rows: list[dict]) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in pts:
         ax.scatter(r["sops_per_sample"], r["test_accuracy"], s=40)
-        ax.annotate(f"{r['run']} ({r['method']})", (r["sops_per_sample"], r["test_accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            f"{r['run']} ({r['method']})", (r["sops_per_sample"], r["test_accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8
+        )
     xs = [r["sops_per_sample"] for r in pts if r["sops_per_sample"] > 0]
     if xs and max(xs) / min(xs) > 10:
         ax.set_xscale("log")

@@ -13,7 +13,9 @@ def check_run_dir(run_dir) -> Path:
     run = RunDir(run_dir).require()
     marks = [n for n in (SUMMARY, CONFIG, METRICS, "latest.pt", "best.pt") if run.file(n).is_file()]
     if not marks:
-        raise ValueError(f"{run.path} is not a chsnn run directory: it holds none of summary.json, config.yaml, metrics.jsonl, latest.pt, best.pt")
+        raise ValueError(
+            f"{run.path} is not a chsnn run directory: it holds none of summary.json, config.yaml, metrics.jsonl, latest.pt, best.pt"
+        )
     if not run.file(SUMMARY).is_file():
         raise FileNotFoundError(f"{run.path} has no {SUMMARY}; did its training finish? (`chsnn train --resume --out {run.path}`)")
     if not run.checkpoints():

@@ -30,12 +30,14 @@ def json_default(o):
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;color:#222;background:#fff;line-height:1.4}
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;\
+margin:0 auto;max-width:1100px;padding:1.5em;color:#222;background:#fff;line-height:1.4}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .sub{color:#666;margin-top:0}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:.6em .9em;min-width:12em;background:#fafafa}
-.card .k{font-size:.8em;color:#666;text-transform:uppercase;letter-spacing:.03em}.card .v{font-size:1.35em;font-weight:600}.card .d{font-size:.85em;color:#444}
+.card .k{font-size:.8em;color:#666;text-transform:uppercase;letter-spacing:.03em}\
+.card .v{font-size:1.35em;font-weight:600}.card .d{font-size:.85em;color:#444}
 figure{margin:1.2em 0;padding:.6em;border:1px solid #eee;border-radius:6px}
 figure svg{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{font-size:.9em;color:#444;margin-top:.4em}
@@ -47,11 +49,19 @@ dl.kv{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dl.kv dt{
 
 
 def page(title: str, body: str) -> str:
-    return f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n'
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def card(key, value, detail=""):
-    return f'<div class="card"><div class="k">{html.escape(key)}</div><div class="v">{html.escape(value)}</div><div class="d">{html.escape(detail)}</div></div>'
+    return (
+        f'<div class="card"><div class="k">{html.escape(key)}</div>'
+        f'<div class="v">{html.escape(value)}</div><div class="d">{html.escape(detail)}</div></div>'
+    )
 
 
 def table(headers: list[str], rows: list[list[str]], cls="") -> str:

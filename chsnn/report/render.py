@@ -90,7 +90,10 @@ def render_report(run_dir, pj_per_ac: float | None = None, pj_per_mac: float | N
         else:
             figs[fid] = inline_svg(fig)
 
-    identity = {k: summary.get(k) for k in ("method", "dataset", "model", "seed", "epochs", "sparsity", "percolation", "test_accuracy", "best_test_accuracy", "heads")}
+    identity = {
+        k: summary.get(k)
+        for k in ("method", "dataset", "model", "seed", "epochs", "sparsity", "percolation", "test_accuracy", "best_test_accuracy", "heads")
+    }
     report = {
         "run_dir": str(run_dir.resolve()),
         "checkpoint": ckpt_name,
@@ -133,7 +136,10 @@ def headline(report: dict) -> list[tuple[str, str]]:
         ("energy per sample", vs("energy_pj", "pJ")),
         ("parameters", f"{report['parameters']['existing']:,} existing of {report['parameters']['dense']:,} dense"),
         *[(f"attention heads ({name})", f"{g['active']} of {g['total']} active") for name, g in (report.get("heads") or {}).items()],
-        ("constants", f"{report['constants']['pj_per_ac']} pJ per accumulate, {report['constants']['pj_per_mac']} pJ per multiply-accumulate"),
+        (
+            "constants",
+            f"{report['constants']['pj_per_ac']} pJ per accumulate, {report['constants']['pj_per_mac']} pJ per multiply-accumulate",
+        ),
     ]
 
 
@@ -152,7 +158,8 @@ def report_md(report: dict) -> str:
     for name, d in topo["layers"].items():
         frozen = "never froze" if d["frozen_at_step"] is None else f"froze at step {d['frozen_at_step']}"
         lines.append(
-            f"- {name}: removed {d['removed']}, regrown {d['regrown']}, mean overlap {fmt(d['mean_overlap'])}, last {fmt(d['last_overlap'])}, "
+            f"- {name}: removed {d['removed']}, regrown {d['regrown']}, mean overlap {fmt(d['mean_overlap'])}, "
+            f"last {fmt(d['last_overlap'])}, "
             f"turnover {fmt(d.get('turnover'))}, {frozen}"
         )
     lines += ["", "## Figures (in index.html)", ""]
@@ -182,8 +189,10 @@ def report_html(report: dict, figs: dict, notes: dict) -> str:
     c = report["constants"]
     parts = [
         f"<header><h1>chsnn report: {html.escape(title(report))}</h1>",
-        f'<p class="sub">{html.escape(report["run_dir"])} · checkpoint {html.escape(report["checkpoint"])} · {report.get("epochs")} epochs · '
-        f'{report["topology"]["n_updates"]} topology updates · {c["pj_per_ac"]} pJ/AC, {c["pj_per_mac"]} pJ/MAC · MACs/sample {fmt(ps.get("macs"))} (dense {fmt(dn.get("macs"))})</p>',
+        f'<p class="sub">{html.escape(report["run_dir"])} · checkpoint {html.escape(report["checkpoint"])} · '
+        f"{report.get('epochs')} epochs · "
+        f"{report['topology']['n_updates']} topology updates · {c['pj_per_ac']} pJ/AC, {c['pj_per_mac']} pJ/MAC · "
+        f"MACs/sample {fmt(ps.get('macs'))} (dense {fmt(dn.get('macs'))})</p>",
         '<div class="cards">' + "".join(cards) + "</div></header>",
         "<main>",
         "<h2>Figures</h2>",
@@ -196,17 +205,30 @@ def report_html(report: dict, figs: dict, notes: dict) -> str:
     parts += ["<h2>Layers</h2>", table([h for _, h in LAYER_COLUMNS], rows, cls="layers").replace("<table", '<table id="layers"', 1)]
     parts.append(
         f"<p>Totals per sample: {fmt(tot.get('sops'))} SOPs, {fmt(tot.get('macs'))} MACs, {fmt(tot.get('energy_pj'))} pJ; "
-        f"the same model dense: {fmt(tot.get('dense_sops'))} SOPs, {fmt(tot.get('dense_macs'))} MACs, {fmt(tot.get('dense_energy_pj'))} pJ.</p>"
+        f"the same model dense: {fmt(tot.get('dense_sops'))} SOPs, {fmt(tot.get('dense_macs'))} MACs, "
+        f"{fmt(tot.get('dense_energy_pj'))} pJ.</p>"
     )
     topo = report["topology"]
     if topo["layers"]:
         trows = [
             [
-                name, str(d["removed"]), str(d["regrown"]), str(d["chain_removed"]), fmt(d["mean_overlap"], ".3f"), fmt(d["last_overlap"], ".3f"),
-                fmt(d.get("turnover"), ".3f"), "no" if d["frozen_at_step"] is None else str(d["frozen_at_step"]), fmt(d["ms"], ".1f"),
+                name,
+                str(d["removed"]),
+                str(d["regrown"]),
+                str(d["chain_removed"]),
+                fmt(d["mean_overlap"], ".3f"),
+                fmt(d["last_overlap"], ".3f"),
+                fmt(d.get("turnover"), ".3f"),
+                "no" if d["frozen_at_step"] is None else str(d["frozen_at_step"]),
+                fmt(d["ms"], ".1f"),
             ]
             for name, d in topo["layers"].items()
         ]
-        parts += [f"<h2>Topology updates ({topo['n_updates']})</h2>", table(["layer", "removed", "regrown", "chain removed", "mean overlap", "last overlap", "turnover", "froze at step", "ms"], trows)]
+        parts += [
+            f"<h2>Topology updates ({topo['n_updates']})</h2>",
+            table(
+                ["layer", "removed", "regrown", "chain removed", "mean overlap", "last overlap", "turnover", "froze at step", "ms"], trows
+            ),
+        ]
     parts.append("</main>")
     return page(f"chsnn report: {title(report)}", "\n".join(parts))

@@ -8,8 +8,8 @@ models are untouched. Spiking neurons' states are reset after every pass.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from chsnn.contracts import reset_network
 from chsnn.sparse.targets import KERNEL, SparseTarget
-
 
 # The neuron-state reset of the calibration passes (chsnn.contracts), by its older name.
 reset_states = reset_network

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from chsnn.linkpred import METHODS as LINKPRED_METHODS
-
 from chsnn.sparse import strategies
 
 ZETA_SCHEDULES = ("auto", "constant", "cosine")
@@ -128,16 +127,14 @@ class EngineConfig:
     remask_weights: bool | None = None
 
     @classmethod
-    def from_dict(cls, options: dict | None = None, **overrides) -> "EngineConfig":
+    def from_dict(cls, options: dict | None = None, **overrides) -> EngineConfig:
         """Build from a mapping; unknown keys fail naming the allowed ones."""
         merged = dict(options or {})
         merged.update(overrides)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(merged) - known)
         if unknown:
-            raise ConfigError(
-                f"unknown engine option(s) {', '.join(map(repr, unknown))}; allowed options are: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"unknown engine option(s) {', '.join(map(repr, unknown))}; allowed options are: {', '.join(sorted(known))}")
         return cls(**merged).resolved()
 
     def _check_types(self) -> None:
@@ -149,7 +146,7 @@ class EngineConfig:
             if check is not None and not check[0](value):
                 raise ConfigError(f"engine option {f.name}={_short(value)} is not allowed; {check[1]}")
 
-    def resolved(self) -> "EngineConfig":
+    def resolved(self) -> EngineConfig:
         """Validate and fill the stage options from the method preset."""
         self._check_types()
         if self.method not in METHOD_PRESETS:
@@ -232,7 +229,11 @@ class EngineConfig:
             unknown = sorted(map(str, set(self.hebb) - {"lr", "decay", "window"}))
             if unknown:
                 bad("hebb", f"unknown Hebb-SET keys {unknown}; allowed: lr, decay, window")
-            for key, ok, what in (("lr", _is_number, "a finite number"), ("decay", _is_number, "a finite number"), ("window", lambda v: _is_int(v) and v >= 1, "a whole number >= 1")):
+            for key, ok, what in (
+                ("lr", _is_number, "a finite number"),
+                ("decay", _is_number, "a finite number"),
+                ("window", lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+            ):
                 if key in self.hebb and not ok(self.hebb[key]):
                     bad("hebb", f"hebb.{key} must be {what}")
 

@@ -72,12 +72,12 @@ class UpdateContext:
     label: str = ""  # the layer as messages name it
 
     @classmethod
-    def for_layer(cls, t: SparseTarget, config, generator: torch.Generator, density: float, **fields) -> "UpdateContext":
+    def for_layer(cls, t: SparseTarget, config, generator: torch.Generator, density: float, **fields) -> UpdateContext:
         """The context of sparse layer ``t`` for a decision at ``density``."""
         n_links = target_links(t.kind, t.n_out, t.n_in, t.kernel_size, density)
         return cls(t.name, t.kind, t.n_out, t.n_in, t.kernel_size, config, generator, density, n_links, label=t.describe(), **fields)
 
-    def replace(self, **changes) -> "UpdateContext":
+    def replace(self, **changes) -> UpdateContext:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -30,7 +30,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -401,7 +402,10 @@ class SparseEngine:
         stats = record_activity(self.model, batches, self.targets, self.forward_fn, spiking=self.spiking)
         self.sync.reduce_activity(stats, self.generator)
         pre = {name: s.mean_abs.to(self.device) for name, s in stats.items()}
-        return {t.name: {"pre": pre[t.name], "post": pre[self.successor[t.name].name] if t.name in self.successor else None} for t in self.targets}
+        return {
+            t.name: {"pre": pre[t.name], "post": pre[self.successor[t.name].name] if t.name in self.successor else None}
+            for t in self.targets
+        }
 
     def _update_context(self, t: SparseTarget, step: int, zeta: float, density: float, activity) -> UpdateContext:
         """The layer's context at an update; ``mask`` is a copy of its links."""
@@ -444,7 +448,10 @@ class SparseEngine:
 
     def active_groups(self) -> dict[str, dict]:
         """Per grouped layer: how many row groups keep at least one link."""
-        return {name: summary.active_groups(member, self.by_name[name].as_2d(self._mask_or_dense(self.by_name[name]))) for name, member in self.row_groups.items()}
+        return {
+            name: summary.active_groups(member, self.by_name[name].as_2d(self._mask_or_dense(self.by_name[name])))
+            for name, member in self.row_groups.items()
+        }
 
     def topology_summary(self) -> dict[str, dict]:
         """Per sparse layer, how far its topology evolved: ``turnover`` (the
@@ -461,7 +468,9 @@ class SparseEngine:
         return summary.percolation(self.targets, {t.name: masking.mask_of(t) for t in self.targets})
 
     def __repr__(self) -> str:
-        lines = [f"SparseEngine(method={self.config.method}, sparsity={self.config.sparsity}, step={self.step_count}, updates={self.n_updates})"]
+        lines = [
+            f"SparseEngine(method={self.config.method}, sparsity={self.config.sparsity}, step={self.step_count}, updates={self.n_updates})"
+        ]
         for s in self.stats():
             lines.append(f"  {s['name']}: {s['kind']} {'x'.join(map(str, s['shape']))} density {s['density']:.4f}")
         if self.dense_output:

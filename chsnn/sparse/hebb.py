@@ -25,7 +25,9 @@ def _feature_mean(target: SparseTarget, x: torch.Tensor) -> torch.Tensor:
 
 
 class HebbRule:
-    def __init__(self, targets: list[SparseTarget], successors: dict[str, SparseTarget], lr: float = 1e-3, decay: float = 0.999, window: int = 20):
+    def __init__(
+        self, targets: list[SparseTarget], successors: dict[str, SparseTarget], lr: float = 1e-3, decay: float = 0.999, window: int = 20
+    ):
         self.targets = [t for t in targets if t.kind == LINEAR]
         self.successors = successors
         self.lr, self.decay, self.alpha = float(lr), float(decay), 2.0 / (int(window) + 1.0)

@@ -11,15 +11,15 @@ memory, else in one (partial) pass per layer.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
+from chsnn.sparse import strategies, topology
 from chsnn.sparse.calibration import ActivityStats, ForwardTrace, batch_input, progressive_pass, record_activity, to_device
 from chsnn.sparse.config import ConfigError, EngineConfig
-from chsnn.sparse import strategies, topology
 from chsnn.sparse.context import UpdateContext
 from chsnn.sparse.targets import KERNEL, SparseTarget
 

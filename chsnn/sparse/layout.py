@@ -51,7 +51,9 @@ def resolve_chains(chain, targets: list[SparseTarget]) -> list[tuple[SparseTarge
             raise ConfigError(f"chain pair {pair!r} must name two sparse layers out of {sorted(by_name)}")
         a, b = (by_name[name] for name in pair)
         if a.kind != LINEAR or b.kind != LINEAR or a.n_out != b.n_in:
-            raise ConfigError(f"chain pair {pair!r}: {a.describe()} outputs must be {b.describe()} inputs (linear layers, {a.n_out} vs {b.n_in})")
+            raise ConfigError(
+                f"chain pair {pair!r}: {a.describe()} outputs must be {b.describe()} inputs (linear layers, {a.n_out} vs {b.n_in})"
+            )
         pairs.append((a, b))
     return pairs
 

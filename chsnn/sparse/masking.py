@@ -13,7 +13,6 @@ import torch
 from chsnn.contracts import MASK, MASK_F
 from chsnn.sparse.targets import SparseTarget
 
-
 # Optimizers whose step leaves a weight at exactly 0 when its gradient and its
 # state are 0 there (the engine masks gradients and zeroes state), so the
 # weights need no second masking after each step.

@@ -33,7 +33,9 @@ def kth_largest(keys: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(keys, n, sorted=False).values.min()
 
 
-def select_top(scores: torch.Tensor | None, candidates: torch.Tensor, n: int, generator: torch.Generator, largest: bool = True) -> torch.Tensor:
+def select_top(
+    scores: torch.Tensor | None, candidates: torch.Tensor, n: int, generator: torch.Generator, largest: bool = True
+) -> torch.Tensor:
     """Bool mask (shape of ``candidates``) of the ``n`` candidates with the
     highest (or lowest) scores; ties at the cut are broken at random, and
     ``scores=None`` picks uniformly at random. Takes every candidate when
@@ -74,7 +76,9 @@ def sample_weighted(weights: torch.Tensor, candidates: torch.Tensor, n: int, gen
     return select_top(keyed, candidates, n, generator)
 
 
-def select_top_per_row(scores: torch.Tensor | None, candidates: torch.Tensor, n: int, generator: torch.Generator, largest: bool = True) -> torch.Tensor:
+def select_top_per_row(
+    scores: torch.Tensor | None, candidates: torch.Tensor, n: int, generator: torch.Generator, largest: bool = True
+) -> torch.Tensor:
     """Per row of a (rows, k) matrix, the ``n`` best candidates, random ties.
     Every row must hold at least ``n`` candidates (CHT-Conv kernels do)."""
     rows, k = candidates.shape

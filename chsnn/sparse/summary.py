@@ -28,7 +28,9 @@ def layer_stats(t: SparseTarget, mask: torch.Tensor) -> dict:
     if t.kind == KERNEL:
         per_kernel = t.as_kernels(m).sum(1)
         channels = any_along(m.reshape(t.n_out, -1, t.kernel_size), 2)
-        out.update(active_in=count(any_along(channels, 0)), kernel_active_min=int(per_kernel.min()), kernel_active_max=int(per_kernel.max()))
+        out.update(
+            active_in=count(any_along(channels, 0)), kernel_active_min=int(per_kernel.min()), kernel_active_max=int(per_kernel.max())
+        )
     else:
         out["active_in"] = count(any_along(m, 0))
     return out

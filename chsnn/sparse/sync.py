@@ -46,7 +46,7 @@ class EngineSync:
         """In place: RigL's accumulated dense gradients -> summed over the
         processes (each process's loss is its share of the global mean)."""
 
-    def agree(self, engine: "SparseEngine", targets: list[SparseTarget]) -> None:
+    def agree(self, engine: SparseEngine, targets: list[SparseTarget]) -> None:
         """After a decision (a layer's initial topology, a topology update):
         make every process hold one process's masks, weights and optimizer
         state of ``targets``, and its engine RNG and frozen layers."""
