@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -46,10 +45,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chsnn.sparse import ConfigError
+from chsnn.sweep_results import (  # noqa: F401  (the sweep API, importable from here)
+    DENSE_GAP,
+    ablation_table,
+    accuracy_figure,
+    aggregate,
+    method_table,
+    verdicts,
+    write_results,
+)
 
 GRID_KEYS = {"name", "title", "config", "set", "out", "seeds", "sparsities", "methods", "ablation"}
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
-DENSE_GAP = 0.005  # "matches dense": within half a percentage point
 
 
 @dataclass
@@ -241,275 +248,6 @@ def run_grid(runs: list[Run], workers: int, threads: int, progress: bool = True)
 
 
 # Tables and figures ----------------------------------------------------------------------
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def aggregate(runs: list[Run]) -> list[dict]:
-    """One row per (group, label, sparsity): mean and std over the finished seeds."""
-    cells: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if not r.finished:
-            continue
-        for g in r.groups:
-            cells.setdefault((g, r.label, r.sparsity), []).append(r.summary() | {"_seed": r.seed})
-    rows = []
-    for (group, label, sparsity), summaries in cells.items():
-
-        def stat(key):
-            vals = [s[key] for s in summaries if s.get(key) is not None]
-            return _mean_std(vals) if vals else (None, None)
-
-        acc, acc_std = stat("test_accuracy")
-        sops, _ = stat("sops_per_sample")
-        energy, _ = stat("energy_pj_per_sample")
-        wall, _ = stat("wall_seconds")
-        rows.append(
-            dict(
-                group=group,
-                label=label,
-                sparsity=sparsity,
-                seeds=sorted(s["_seed"] for s in summaries),
-                test_accuracy=acc,
-                test_accuracy_std=acc_std,
-                per_seed=[s["test_accuracy"] for s in sorted(summaries, key=lambda s: s["_seed"])],
-                best_epoch_accuracy=stat("best_test_accuracy")[0],
-                reached_sparsity=stat("sparsity")[0],
-                sops_per_sample=sops,
-                energy_uj_per_sample=None if energy is None else energy / 1e6,
-                wall_seconds=wall,
-            )
-        )
-    return rows
-
-
-def _pm(mean, std, digits=4):
-    return "" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -> str:
-    """Methods down, sparsities across: final test accuracy, mean ± std."""
-    by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
-    head = (
-        "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | SOPs / sample at " + " / ".join(f"{s:g}" for s in sparsities) + " |"
-    )
-    lines = [head, "|" + "---|" * (len(sparsities) + 2)]
-    for label in labels:
-        dense = (label, None) in by
-        accs, sops = [], []
-        for s in sparsities:
-            r = by.get((label, None) if dense else (label, s))
-            accs.append(_pm(r["test_accuracy"], r["test_accuracy_std"]) if r else "not run")
-            sops.append("" if not r or r["sops_per_sample"] is None else f"{r['sops_per_sample']:.3g}")
-        if dense:  # one dense run per seed, whatever the sparsity
-            accs = [accs[0] + " (dense)"] + ["″"] * (len(sparsities) - 1)
-            sops = sops[:1]
-        lines.append(f"| {label} | " + " | ".join(accs) + " | " + " / ".join(sops) + " |")
-    return "\n".join(lines)
-
-
-def ablation_table(rows: list[dict], labels: list[str]) -> str:
-    by = {r["label"]: r for r in rows if r["group"] == "ablation"}
-    ref = by.get(labels[0])
-    lines = [
-        f"| variant | test accuracy | change vs {labels[0]} | SOPs / sample | energy µJ / sample |",
-        "|---|---|---|---|---|",
-    ]
-    for label in labels:
-        r = by.get(label)
-        if r is None:
-            lines.append(f"| {label} | not run | | | |")
-            continue
-        delta = "" if ref is None or label == labels[0] else f"{(r['test_accuracy'] - ref['test_accuracy']) * 100:+.2f} points"
-        energy = "" if r["energy_uj_per_sample"] is None else f"{r['energy_uj_per_sample']:.3g}"
-        sops = "" if r["sops_per_sample"] is None else f"{r['sops_per_sample']:.3g}"
-        lines.append(f"| {label} | {_pm(r['test_accuracy'], r['test_accuracy_std'])} | {delta} | {sops} | {energy} |")
-    return "\n".join(lines)
-
-
-def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", rivals=None) -> list[str]:
-    """Plain sentences: does ``method`` match dense within 0.5 points, and beat
-    each rival (default: every other sparse variant of the table, in order)?"""
-    by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
-    if rivals is None:
-        rivals = [lab for (lab, s) in by if s == sparsity and lab != method]
-    dense = next((r for (lab, s), r in by.items() if s is None), None)
-    ours = by.get((method, sparsity))
-    out = []
-    if ours is None:
-        return [f"{method} at sparsity {sparsity:g} was not run."]
-    if dense is not None:
-        gap = (dense["test_accuracy"] - ours["test_accuracy"]) * 100
-        if gap <= DENSE_GAP * 100 + 1e-9:  # 0.5 points exactly counts as within
-            out.append(f"At sparsity {sparsity:g}, {method} is within 0.5 points of dense ({gap:+.2f} points below dense).")
-        else:
-            out.append(f"At sparsity {sparsity:g}, {method} does **not** match dense: it is {gap:.2f} points below (more than 0.5).")
-    for rival in rivals:
-        r = by.get((rival, sparsity))
-        if r is None:
-            continue
-        diff = (ours["test_accuracy"] - r["test_accuracy"]) * 100
-        spread = max(ours["test_accuracy_std"], r["test_accuracy_std"]) * 100
-        if diff > 0:
-            word = "beats" if diff > spread else "is ahead of, but within one standard deviation of,"
-        else:
-            word = "does **not** beat"
-        out.append(f"At sparsity {sparsity:g}, {method} {word} {rival} ({diff:+.2f} points; std up to {spread:.2f}).")
-    return out
-
-
-def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float], title: str) -> str | None:
-    from chsnn.report.figures import inline_svg, pyplot
-
-    plt = pyplot()
-    if plt is None or not sparsities:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    xs = list(range(len(sparsities)))
-    for label in labels:
-        pts = [r for r in rows if r["group"] == "methods" and r["label"] == label]
-        if not pts:
-            continue
-        if pts[0]["sparsity"] is None:  # dense: a band over all sparsities
-            m, s = pts[0]["test_accuracy"], pts[0]["test_accuracy_std"]
-            ax.axhspan(m - s, m + s, color="0.85", zorder=0)
-            ax.axhline(m, color="0.3", ls="--", lw=1, label=f"{label}")
-            continue
-        pts = sorted((p for p in pts if p["sparsity"] in sparsities), key=lambda p: p["sparsity"])
-        ax.errorbar(
-            [xs[sparsities.index(p["sparsity"])] for p in pts],
-            [p["test_accuracy"] for p in pts],
-            yerr=[p["test_accuracy_std"] for p in pts],
-            marker="o",
-            ms=4,
-            capsize=3,
-            lw=1.5 if label == "chsnn" else 1,
-            label=label,
-        )
-    ax.set_xticks(xs, [f"{s:g}" for s in sparsities])
-    ax.set_xlabel("sparsity")
-    ax.set_ylabel("final test accuracy (mean ± std over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    return inline_svg(fig)
-
-
-def ablation_figure(rows: list[dict], labels: list[str], title: str) -> str | None:
-    from chsnn.report.figures import inline_svg, pyplot
-
-    plt = pyplot()
-    by = {r["label"]: r for r in rows if r["group"] == "ablation"}
-    pts = [by[lab] for lab in labels if lab in by]
-    if plt is None or not pts:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(pts)))
-    ys = list(range(len(pts)))[::-1]
-    ax.barh(
-        ys, [p["test_accuracy"] for p in pts], xerr=[p["test_accuracy_std"] for p in pts], color=["C3"] + ["C0"] * (len(pts) - 1), capsize=3
-    )
-    ax.set_yticks(ys, [p["label"] for p in pts], fontsize=8)
-    lo = min(p["test_accuracy"] - p["test_accuracy_std"] for p in pts)
-    ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(p["test_accuracy"] + p["test_accuracy_std"] for p in pts) + 0.02))
-    ax.set_xlabel("final test accuracy (mean ± std over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    return inline_svg(fig)
-
-
-def standalone_svg(inline: str) -> str:
-    """The report's inline SVG (namespaces left to the HTML parser) as an .svg file."""
-    return inline.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" ', 1)
-
-
-def describe_recipe(grid: dict, runs: list[Run]) -> str:
-    cfg = runs[0].cfg
-    engine = {k: v for k, v in cfg["engine"].items() if k not in ("method", "sparsity")}
-    extra = f"; engine options shared by all methods: {engine}" if engine else ""
-    return (
-        f"model `{cfg['model']}` {cfg.get('model_options') or ''}, data `{cfg['data']}`, {cfg['time_steps']} time steps, "
-        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), "
-        f"{cfg.get('updates_per_epoch', 1)} topology update(s) per epoch{extra}"
-    )
-
-
-def write_results(
-    grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = ""
-) -> dict:
-    """Tables, verdicts and figures of the finished runs (``parallel``: how they were trained, for the machine line)."""
-    import torch
-
-    from chsnn.bench import cpu_name, write_section
-
-    rows = aggregate(runs)
-    out = Path(grid["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    labels = list(grid["methods"])
-    sparsities = [float(s) for s in grid["sparsities"]] or sorted({r["sparsity"] for r in rows if r["sparsity"] is not None})
-    ablation = grid.get("ablation")
-    ab_labels = list(ablation["variants"]) if ablation else []
-    figures = {"accuracy": accuracy_figure(rows, labels, sparsities, grid["title"])}
-    if ablation:
-        figures["ablation"] = ablation_figure(
-            rows, ab_labels, f"{grid['title']}: CH-SNN stages ablated, sparsity {ablation.get('sparsity', 0.95):g}"
-        )
-    fig_paths = {}
-    for key, svg in figures.items():
-        if svg is None:
-            continue
-        svg = standalone_svg(svg)
-        fig_paths[key] = out / f"{key}.svg"
-        fig_paths[key].write_text(svg)
-        if figures_dir is not None:
-            figures_dir.mkdir(parents=True, exist_ok=True)
-            (figures_dir / f"{grid['name']}_{key}.svg").write_text(svg)
-
-    n_seeds = len(grid["seeds"])
-    total = len(runs)
-    done = sum(r.finished for r in runs)
-    key_sparsity = 0.95 if 0.95 in sparsities else (sparsities[len(sparsities) // 2] if sparsities else 0.95)
-    lines = [
-        f"### {grid['title']}",
-        "",
-        f"Command: `{command}`  ",
-        f"Recipe: {describe_recipe(grid, runs)}.  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
-        "",
-        f"Final-epoch test accuracy, mean ± std over {n_seeds} seeds "
-        "(each seed draws its own initialisation, data order and, where the data is split, split):",
-        "",
-        method_table(rows, labels, sparsities),
-        "",
-    ]
-    lines += [f"- {v}" for v in verdicts(rows, key_sparsity)]
-    if figures_dir is not None and "accuracy" in fig_paths:
-        rel = os.path.relpath(figures_dir / f"{grid['name']}_accuracy.svg", results_file.parent if results_file else out)
-        lines += ["", f"![accuracy against sparsity, {grid['title']}]({rel})"]
-    if ablation:
-        lines += [
-            "",
-            f"Ablation at sparsity {ablation.get('sparsity', 0.95):g}: each CH-SNN stage replaced by its baseline in turn (same seeds):",
-            "",
-            ablation_table(rows, ab_labels),
-        ]
-        if figures_dir is not None and "ablation" in fig_paths:
-            rel = os.path.relpath(figures_dir / f"{grid['name']}_ablation.svg", results_file.parent if results_file else out)
-            lines += ["", f"![ablation, {grid['title']}]({rel})"]
-    body = "\n".join(lines) + "\n"
-    result = {"grid": grid, "command": command, "rows": rows, "runs": [str(r.run_dir) for r in runs], "finished": done, "total": total}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "results.md").write_text(body)
-    if results_file is not None:
-        if not results_file.exists():
-            results_file.write_text("# Results\n")
-        write_section(results_file, f"sweep:{grid['name']}", body)
-    return result
-
-
-# Command line ------------------------------------------------------------------------
 
 
 def add_sweep_command(sub) -> None:

@@ -8,6 +8,11 @@ same steps, schedules and topology updates on any number of ranks; only rank
 0 writes the run directory. ``precision`` (fp32, bf16, fp16) runs the forward
 passes under ``torch.autocast``; the engine's statistics and link scores stay
 fp32/float64.
+
+A little over 500 lines because :class:`Runner` is one class: its loop,
+checkpoints and evaluation share the run's state (model, engine, optimizer,
+scaler, RNG streams), and split over modules they would hand that state
+around as free functions did before.
 """
 
 from __future__ import annotations
