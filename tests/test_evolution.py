@@ -276,3 +276,15 @@ def test_a_layer_called_at_every_time_step_is_initialised_one_pass_per_layer():
     x = torch.rand(4, 32, 12)
     engine = SparseEngine(Stepping(), None, {"method": "chsnn", "sparsity": 0.8}, calibration=[x[:, :16], x[:, 16:]])
     assert engine.trace.calls == {"fc1": 4, "fc2": 4} and engine.init_passes == 2
+
+
+def test_correlation_sums_of_spike_counts_equal_float64_to_the_last_bit():
+    from chsnn.sparse.calibration import sums_and_gram
+
+    g = torch.Generator().manual_seed(5)
+    counts = torch.randint(0, 9, (4000, 300), generator=g).float()  # counts over T=8 steps
+    total, gram = sums_and_gram(counts)
+    assert torch.equal(total, counts.double().sum(0)) and torch.equal(gram, counts.double().T @ counts.double())
+    rates = torch.rand(500, 40, generator=g)  # not whole numbers: float64 throughout
+    total, gram = sums_and_gram(rates)
+    assert torch.equal(gram, rates.double().T @ rates.double())

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chsnn.rundir import atomic_write
+from chsnn.files import atomic_write
 
 #: The structured dtype of every event array chsnn hands out (tonic's x, y, t, p
 #: ordering; t in microseconds; p = 1 for ON, 0 for OFF).

@@ -87,6 +87,23 @@ class _Stop(Exception):
     """Raised by a hook to end a calibration forward early."""
 
 
+EXACT_FLOAT32 = 2**24  # every integer below it is a float32
+
+
+def sums_and_gram(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows.sum(0)`` and ``rows.T @ rows`` in float64. Small whole numbers
+    (spike counts) are summed in float32 instead, about twice as fast: every
+    product and partial sum is then a whole number below 2**24, which float32
+    holds exactly, so the result is the float64 one to the last bit."""
+    if rows.is_floating_point() and rows.numel():
+        peak = float(rows.abs().max())
+        if peak * max(peak, 1.0) * rows.shape[0] < EXACT_FLOAT32 and torch.equal(rows, rows.round()):
+            r = rows.float()
+            return r.sum(0).double(), (r.T @ r).double()
+    r = rows.double()
+    return r.sum(0), r.T @ r
+
+
 class ActivityStats:
     """Presynaptic activity of one layer, streamed over calibration batches.
 
@@ -118,8 +135,8 @@ class ActivityStats:
         self.sq_sum = sq_sum if self.sq_sum is None else self.sq_sum + sq_sum
         self.n += feats.shape[0]
         if self.correlate:
-            rows = (step_rows if sample_rows is None else sample_rows).to(torch.float64)
-            total, cross = rows.sum(0), rows.T @ rows
+            rows = step_rows if sample_rows is None else sample_rows
+            total, cross = sums_and_gram(rows)
             self.sum = total if self.sum is None else self.sum + total
             self.cross = cross if self.cross is None else self.cross + cross
             self.n_samples += rows.shape[0]

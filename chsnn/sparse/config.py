@@ -14,6 +14,7 @@ from typing import Any
 
 from chsnn.linkpred import METHODS as LINKPRED_METHODS
 from chsnn.sparse import strategies
+from chsnn.sparse.errors import ConfigError
 
 ZETA_SCHEDULES = ("auto", "constant", "cosine")
 DENSITY_SCHEDULES = ("constant", "sigmoid")
@@ -37,10 +38,6 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "chsnn": dict(init="sscti", weight_init="sswi", removal="lrs", regrowth="CH3", chain_removal=True, regrow_removed=False),
 }
 METHOD_NAMES = tuple(METHOD_PRESETS)
-
-
-class ConfigError(ValueError):
-    """A bad engine option: names the key, the value and what is allowed."""
 
 
 def _is_int(v) -> bool:

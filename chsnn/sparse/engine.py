@@ -48,6 +48,7 @@ from chsnn.sparse.sync import EngineSync
 from chsnn.sparse.targets import KERNEL, LINEAR, SparseTarget
 
 _STATE_VERSION = 1
+TRACE_SAMPLES = 8  # samples the set-up trace of the forward runs on
 
 
 class _Removal(NamedTuple):
@@ -128,7 +129,8 @@ class SparseEngine:
         layout.check_calibration(cfg, self.calibration)
         self.trace = None
         if self.calibration:
-            self.trace = trace_forward(model, self.calibration[0], targets, self.forward_fn, self.calibration_data.counts[0])
+            probe, samples = self._trace_batch()
+            self.trace = trace_forward(model, probe, targets, self.forward_fn, samples)
         self.targets = self.trace.order if self.trace else targets
         self.by_name = {t.name: t for t in self.targets}
         self.row_groups = layout.resolve_row_groups(row_groups or {}, self.targets, self.device)
@@ -143,6 +145,16 @@ class SparseEngine:
             self._initialise()
             self._arm_rigl()
         self._attach_hooks()
+
+    def _trace_batch(self):
+        """The first few samples of the first calibration batch, and their
+        count: the trace needs the forward's order and per-sample sizes only."""
+        first = self.calibration[0]
+        if not isinstance(first, torch.Tensor) or first.dim() == 0:
+            return first, self.calibration_data.counts[0]
+        dim = 1 if self.spiking and first.dim() > 1 else 0
+        samples = min(TRACE_SAMPLES, first.shape[dim])
+        return first.narrow(dim, 0, samples), samples
 
     # Set-up ------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import torch
 from chsnn.linkpred import MODELS as CH_MODELS
 from chsnn.linkpred import ch_scores
 from chsnn.sparse.context import LinkScores, UpdateContext
+from chsnn.sparse.errors import ConfigError
 from chsnn.sparse.masks import count
 from chsnn.sparse.select import sample_weighted, select_top, select_top_per_row
 
@@ -181,8 +182,6 @@ def tiled_topology(ctx: UpdateContext):
     correlation (``ctx.input_stats``, d x d) tiled to the layer's shape, so
     every width must be 1x, 2x, ... the input width d; global top
     ``n_links`` by |r|, and every output neuron keeps at least one link."""
-    from chsnn.sparse.config import ConfigError
-
     stats, n_out, n_in = ctx.input_stats, ctx.n_out, ctx.n_in
     corr = stats.correlation().abs()
     d = corr.shape[0]
