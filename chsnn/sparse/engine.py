@@ -146,6 +146,8 @@ class SparseEngine:
             self._arm_rigl()
         self._attach_hooks()
 
+    # Set-up ------------------------------------------------------------------
+
     def _trace_batch(self):
         """The first few samples of the first calibration batch, and their
         count: the trace needs the forward's order and per-sample sizes only."""
@@ -155,8 +157,6 @@ class SparseEngine:
         dim = 1 if self.spiking and first.dim() > 1 else 0
         samples = min(TRACE_SAMPLES, first.shape[dim])
         return first.narrow(dim, 0, samples), samples
-
-    # Set-up ------------------------------------------------------------------
 
     def target_links(self, t: SparseTarget, density: float) -> int:
         """Links a layer keeps at a density: exact count for linear layers;
