@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from test_engine import assert_top, batches, make, mlp, train
+from test_safety import TINY
 
 from chsnn.sparse import register_regrowth, register_removal, strategies
 
@@ -59,17 +60,7 @@ def test_the_documented_rule_runs_from_the_command_line(rigl_hubs, tmp_path, mon
     out = tmp_path / "run"
     args = [
         "train",
-        "--data",
-        "digits",
-        "--model",
-        "snn-mlp",
-        "--set",
-        "model_options.hidden=[32]",
-        "--set",
-        "batch_size=128",
-        "--set",
-        "time_steps=2",
-        "--quiet",
+        *TINY,
         "--epochs",
         "1",
         "--max-steps",

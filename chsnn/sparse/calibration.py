@@ -77,14 +77,43 @@ def layer_rows(t: SparseTarget, x: torch.Tensor, time_steps: int | None, correla
     An input with one more dimension than a single-step batch and
     ``time_steps`` first is time-major; its per-sample rows (spike counts
     over the steps) are built only when they feed a correlation."""
-    time_major = bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
+    time_major = is_time_major(t, x, time_steps)
     steps = presynaptic_features(t, x)
     per_sample = presynaptic_features(t, x, time_major=True) if time_major and correlate else None
     return steps, per_sample, time_major
 
 
+def is_time_major(t: SparseTarget, x: torch.Tensor, time_steps: int | None) -> bool:
+    """Is ``x``, an input of layer ``t``, a time-major ``(T, N, ...)`` input
+    (one more dimension than a single-step batch, ``time_steps`` first)?"""
+    return bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
+
+
+def sample_dim(x: torch.Tensor, spiking: bool) -> int:
+    """The samples' dimension of a model input: 1 in a spiking model's
+    time-major ``(T, N, ...)`` batch, else 0."""
+    return 1 if spiking and x.dim() > 1 else 0
+
+
+def time_steps_of(batch, spiking: bool) -> int | None:
+    """T of a spiking model's time-major batch; None otherwise."""
+    x = batch_input(batch)
+    return x.shape[0] if isinstance(x, torch.Tensor) and sample_dim(x, spiking) == 1 else None
+
+
 class _Stop(Exception):
     """Raised by a hook to end a calibration forward early."""
+
+
+def run_calibration_forward(model: nn.Module, batch, forward_fn: Callable) -> None:
+    """One calibration forward, which a hook may end early (``_Stop``); the
+    neurons are reset afterwards either way."""
+    try:
+        forward_fn(model, batch)
+    except _Stop:
+        pass
+    finally:
+        reset_network(model)
 
 
 EXACT_FLOAT32 = 2**24  # every integer below it is a float32
@@ -263,14 +292,8 @@ def record_activity(
     try:
         with calibration_mode(model):
             for batch in batches:
-                x = batch_input(batch)
-                time_steps = x.shape[0] if spiking and isinstance(x, torch.Tensor) and x.dim() > 1 else None
-                try:
-                    forward_fn(model, batch)
-                except _Stop:
-                    pass
-                finally:
-                    reset_network(model)
+                time_steps = time_steps_of(batch, spiking)
+                run_calibration_forward(model, batch, forward_fn)
                 flush()
     finally:
         for h in handles:
@@ -317,9 +340,8 @@ def trace_forward(model: nn.Module, batch, targets: list[SparseTarget], forward_
     handles += [m.register_forward_hook(on_output) for m in model.modules()]
     try:
         with calibration_mode(model):
-            forward_fn(model, batch)
+            run_calibration_forward(model, batch, forward_fn)
     finally:
-        reset_network(model)
         for h in handles:
             h.remove()
     order = seen + [t for t in targets if t not in seen]
@@ -347,17 +369,15 @@ def progressive_pass(
     forward (time-major input). Activity is gathered ``chunk`` samples at a
     time. The pass ends after the last target; the targets it visited are
     returned, in order."""
-    x = batch_input(batch)
-    time_steps = x.shape[0] if spiking and isinstance(x, torch.Tensor) and x.dim() > 1 else None
+    time_steps = time_steps_of(batch, spiking)
     visited: list[SparseTarget] = []
 
     def hook_for(t: SparseTarget):
         def hook(module, args):
             x = args[0]
-            time_major = bool(time_steps) and x.dim() == _input_dims(t) + 1 and x.shape[0] == time_steps
             stats = ActivityStats(t.n_in, correlate(t))
             # In chunks of samples, so im2col patches take no more memory than a batch's.
-            for part in x.split(chunk, dim=1 if time_major else 0):
+            for part in x.split(chunk, dim=1 if is_time_major(t, x, time_steps) else 0):
                 steps, per_sample, _ = layer_rows(t, part, time_steps, correlate(t))
                 stats.add(steps, per_sample)
             visit(t, stats)
@@ -370,12 +390,7 @@ def progressive_pass(
     handles = [t.module.register_forward_pre_hook(hook_for(t)) for t in targets]
     try:
         with calibration_mode(model):
-            try:
-                forward_fn(model, batch)
-            except _Stop:
-                pass
-            finally:
-                reset_network(model)
+            run_calibration_forward(model, batch, forward_fn)
     finally:
         for h in handles:
             h.remove()

@@ -39,7 +39,7 @@ from torch import nn
 from chsnn import linkpred
 from chsnn.contracts import MASK, MASK_F  # noqa: F401  (re-exported: chsnn.distributed imports them from here)
 from chsnn.sparse import layout, masking, strategies, summary, topology
-from chsnn.sparse.calibration import ActivityStats, batch_input, record_activity, trace_forward
+from chsnn.sparse.calibration import ActivityStats, batch_input, record_activity, sample_dim, trace_forward
 from chsnn.sparse.config import ConfigError, EngineConfig, make_config  # noqa: F401  (chsnn.sparse exports it from here)
 from chsnn.sparse.context import UpdateContext, target_links
 from chsnn.sparse.hebb import HebbRule
@@ -154,7 +154,7 @@ class SparseEngine:
         first = self.calibration[0]
         if not isinstance(first, torch.Tensor) or first.dim() == 0:
             return first, self.calibration_data.counts[0]
-        dim = 1 if self.spiking and first.dim() > 1 else 0
+        dim = sample_dim(first, self.spiking)
         samples = min(TRACE_SAMPLES, first.shape[dim])
         return first.narrow(dim, 0, samples), samples
 

@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from chsnn.sparse import strategies, topology
-from chsnn.sparse.calibration import ActivityStats, ForwardTrace, batch_input, progressive_pass, record_activity, to_device
+from chsnn.sparse.calibration import (
+    ActivityStats,
+    ForwardTrace,
+    batch_input,
+    progressive_pass,
+    record_activity,
+    sample_dim,
+    to_device,
+)
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.context import UpdateContext
 from chsnn.sparse.targets import KERNEL, SparseTarget
@@ -34,7 +42,7 @@ def samples_in(batch, spiking: bool) -> int:
     x = batch_input(batch)
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         return 1
-    return x.shape[1] if spiking and x.dim() > 1 else x.shape[0]
+    return x.shape[sample_dim(x, spiking)]
 
 
 @dataclass
@@ -100,8 +108,7 @@ def one_pass_batch(data: CalibrationData, trace: ForwardTrace, device: torch.dev
     if estimate > one_pass_budget(device, trace.total_bytes_per_sample * data.counts[0]):
         return None
     first = data.batches[0]
-    dim = 1 if data.spiking and first.dim() > 1 else 0
-    return torch.cat(data.batches, dim=dim) if len(data.batches) > 1 else first
+    return torch.cat(data.batches, dim=sample_dim(first, data.spiking)) if len(data.batches) > 1 else first
 
 
 def initialise_in_forward_order(
