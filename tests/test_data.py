@@ -630,6 +630,35 @@ def test_nmnist_resplit_pools_and_stratifies_by_seed(shared_dir):
     assert x.shape == (8, 2, 34, 34) and y == int(a.test.targets[0])
     with pytest.raises(ValueError, match="resplit"):
         load_dataset(f"nmnist:{d}", resplit="1.5")
+    v = load_dataset(f"nmnist:{d}", resplit="0.2", seed=1, validation="0.2")  # tuning: part of a's train, none of its test
+    assert set(v.test.indices.tolist()) <= set(a.train.indices.tolist()) and len(v.train) + len(v.test) == len(a.train)
+    x, y = v.test[0]
+    assert x.shape == (8, 2, 34, 34) and y == int(v.test.targets[0])
+
+
+def test_validation_holds_out_part_of_train_and_never_reads_test(cache_root):
+    """The tuning split: a stratified, seeded share of the training set becomes the
+    evaluation set; the test set is not part of the bundle at all."""
+    from chsnn.data import load_dataset
+
+    full = load_dataset("ndigits", seed=3, root=cache_root)
+    val = load_dataset("ndigits", seed=3, root=cache_root, validation="0.25")
+    assert len(val.train) + len(val.test) == len(full.train) and len(val.test) == round(0.25 * len(full.train))
+    train_ids, held_ids, test_ids = (set(d.indices.tolist()) for d in (val.train, val.test, full.test))
+    assert train_ids.isdisjoint(held_ids) and (train_ids | held_ids) == set(full.train.indices.tolist())
+    assert not (held_ids | train_ids) & test_ids  # nothing of the test set is trained or evaluated on
+    counts = np.bincount(val.test.targets.numpy(), minlength=10)
+    assert counts.min() > 0  # every class is in the held-out part (stratified)
+    x, y = val.test[0]
+    assert torch.equal(x, torch.as_tensor(val.test.tensors()[0][0])) and y == int(val.test.targets[0])
+    assert "validation run" in val.note
+    again = load_dataset("ndigits", seed=3, root=cache_root, validation=0.25)  # a YAML number works too
+    assert again.test.indices.tolist() == val.test.indices.tolist()
+    other = load_dataset("ndigits", seed=4, root=cache_root, validation="0.25")
+    assert other.test.indices.tolist() != val.test.indices.tolist()
+    for bad in ("0", "1.5", "a fifth", True):
+        with pytest.raises(ValueError, match="validation"):
+            load_dataset("ndigits", seed=3, root=cache_root, validation=bad)
 
 
 # --------------------------------------------------------------------------- the dataset registry

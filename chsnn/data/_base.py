@@ -4,7 +4,7 @@ seeded stratified splits, the cache directory and atomic cache writes."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,10 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self._convert(self.data[i]), int(self.targets[i])
 
+    def subset(self, indices: np.ndarray) -> ArrayDataset:
+        """The samples at ``indices``, as a set of the same kind."""
+        return ArrayDataset(self.data[indices], self.targets[indices], self.divisor, name=self.name)
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` for the whole set: float32 ``(N, *sample_shape)`` and int64 ``(N,)``."""
         return self._convert(self.data), self.targets.clone()
@@ -139,6 +143,35 @@ def uint8_image_bundle(name: str, train: tuple, test: tuple, input_shape: tuple,
         note=note,
         classes=classes,
     )
+
+
+def parse_fraction(key: str, text: str) -> float:
+    """A data option given as a fraction (``"0.2"`` or 0.2), checked to lie in (0, 1)."""
+    try:
+        value = float(text) if isinstance(text, (str, int, float)) and not isinstance(text, bool) else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"option {key}={text!r} must be a fraction in (0, 1), e.g. {key}=0.2")
+    return value
+
+
+def hold_out_validation(bundle: DataBundle, fraction: float, seed: int) -> DataBundle:
+    """``bundle`` with a seeded, stratified ``fraction`` of its training set as the
+    evaluation set and the rest as the training set; its test set is left unused.
+
+    This is the split to tune recipes on: nothing of the test set is seen."""
+    train = bundle.train
+    if not hasattr(train, "targets") or not hasattr(train, "subset"):
+        raise ValueError(f"{bundle.name}: its training set cannot be split (it has no targets or subset())")
+    # An offset seed: the validation split must not repeat the split a set already draws with `seed`.
+    keep, held = stratified_split(np.asarray(train.targets), fraction, seed + 7919)
+    fit, validation = train.subset(keep), train.subset(held)
+    note = (
+        f"{bundle.note}; validation run: {len(validation)} of the {len(train)} training samples held out "
+        f"(stratified, seed {seed}) and evaluated instead of the test set, {len(fit)} trained on"
+    )
+    return replace(bundle, train=fit, test=validation, note=note.lstrip("; "))
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:

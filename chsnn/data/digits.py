@@ -135,6 +135,9 @@ class EventFramesDataset(ArrayDataset):
     def events(self, i: int) -> np.ndarray:
         return self._store[int(self.indices[i])]
 
+    def subset(self, indices: np.ndarray) -> EventFramesDataset:
+        return EventFramesDataset(self.data[indices], self.targets[indices], self._store, self.indices[indices], name=self.name)
+
 
 def load_ndigits_bundle(seed: int = 0, time_steps: int = 8, root=None) -> DataBundle:
     _, labels = digit_images()

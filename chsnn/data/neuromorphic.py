@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chsnn.data._base import EVENT_DTYPE, DataBundle, DataError, MissingDataError, missing_files, stratified_split
+from chsnn.data._base import EVENT_DTYPE, DataBundle, DataError, MissingDataError, missing_files, parse_fraction, stratified_split
 from chsnn.data.frames import events_to_frames
 
 NMNIST_SENSOR = (34, 34, 2)
@@ -78,6 +78,12 @@ class EventFileDataset(Dataset):
     def events(self, i: int) -> np.ndarray:
         return self._reader(int(self.indices[i]))[0]
 
+    def subset(self, indices: np.ndarray) -> EventFileDataset:
+        """The recordings at ``indices``, read by the same reader."""
+        return EventFileDataset(
+            self._reader, self.indices[indices], self.targets[indices], self.sensor_size, self.time_steps, self.input_shape, self.name
+        )
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         events, label = self._reader(int(self.indices[i]))
         frames = events_to_frames(events, self.sensor_size, self.time_steps)
@@ -102,16 +108,6 @@ def _nmnist_files(part_dir: Path) -> tuple[list[Path], list[int]]:
                 files += found
                 labels += [int(sub.name)] * len(found)
     return files, labels
-
-
-def _fraction(key: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"option {key}={text!r} must be a fraction in (0, 1) given as a string, e.g. {key}=0.2")
-    return value
 
 
 class _NmnistFiles:
@@ -151,7 +147,7 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
         )
 
     if resplit:
-        fraction = _fraction("resplit", resplit)
+        fraction = parse_fraction("resplit", resplit)
         files = parts["Train"][0] + parts["Test"][0]
         labels = parts["Train"][1] + parts["Test"][1]
         tr, te = stratified_split(np.asarray(labels), fraction, seed)

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chsnn.data._base import KINDS, DataBundle, cache_dir, check_int
+from chsnn.data._base import KINDS, DataBundle, cache_dir, check_int, hold_out_validation, parse_fraction
 
 #: Frames per recording of an event set when ``time_steps`` is not given.
 DEFAULT_TIME_STEPS = 8
 #: Arguments every set takes; a loader's own options must not reuse them.
-COMMON_OPTIONS = ("time_steps", "seed", "root")
+COMMON_OPTIONS = ("time_steps", "seed", "root", "validation")
 
 # name -> one-line description, in registration (listing) order: the public
 # registry, like chsnn.models.MODELS.
@@ -243,7 +243,13 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 
 
 def load_dataset(
-    spec: str, *, time_steps: int | None = None, seed: int = 0, root: str | os.PathLike | None = None, **options
+    spec: str,
+    *,
+    time_steps: int | None = None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    validation: str = "",
+    **options,
 ) -> DataBundle:
     """Load a data set by spec: ``"NAME"`` or ``"NAME:PATH"`` (see ``DATASETS``).
 
@@ -257,6 +263,9 @@ def load_dataset(
     - ``split`` (emnist: byclass, bymerge, balanced, letters, digits, mnist),
       ``labels`` (cifar100: fine, coarse), ``resplit`` (nmnist: a fraction as a
       string, e.g. "0.2", pools Train and Test and splits them again by seed).
+    - ``validation`` (any set; a fraction as a string, e.g. "0.2"): hold out that
+      stratified share of the training set, by seed, and evaluate on it instead of
+      the test set, which stays unseen: the split to tune recipes on.
     - ``random`` takes ``input_shape``, ``n_classes``, ``n_train``, ``n_test`` and
       ``kind`` (static or events; default: events exactly when ``time_steps`` is
       given); see :mod:`chsnn.data.synthetic`.
@@ -277,8 +286,11 @@ def load_dataset(
         raise ValueError(f"{name} is built in and takes no path (got '{name}:{path}'); {info.no_path_hint}")
     if info.kind == "events" and time_steps is None:
         time_steps = DEFAULT_TIME_STEPS
+    if validation != "":
+        fraction = parse_fraction("validation", validation)
     request = DataRequest(name, path, root, time_steps, seed)
-    return _checked(info, info.loader(request, **options))
+    bundle = _checked(info, info.loader(request, **options))
+    return hold_out_validation(bundle, fraction, seed) if validation != "" else bundle
 
 
 def _check_options(info: DatasetInfo, options: dict) -> None:
