@@ -734,7 +734,7 @@ def test_custom_dataset_options_and_checks(tmp_path):
         assert b.time_steps == 8 and float(b.train[0][0].mean()) == 2.0  # event sets get 8 frames by default
         assert load_dataset(f"shifted:{tmp_path}", time_steps=3).train[0][0].shape == (3, 3)
         with pytest.raises(
-            ValueError, match="unknown option 'colour' for dataset 'shifted'; valid options: time_steps, seed, root, offset"
+            ValueError, match="unknown option 'colour' for dataset 'shifted'; valid options: time_steps, seed, root, validation, offset"
         ):
             load_dataset("shifted", root=tmp_path, colour="red")
         with pytest.raises(ValueError, match="option 'offset' must be a string, got 2"):
