@@ -123,7 +123,8 @@ def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", ri
     if dense is not None:
         gap = (dense["test_accuracy"] - ours["test_accuracy"]) * 100
         if gap <= DENSE_GAP * 100 + 1e-9:  # 0.5 points exactly counts as within
-            out.append(f"At sparsity {sparsity:g}, {method} is within 0.5 points of dense ({gap:+.2f} points below dense).")
+            where = f"{gap:.2f} points below dense" if gap >= 0 else f"{-gap:.2f} points above dense"
+            out.append(f"At sparsity {sparsity:g}, {method} is within 0.5 points of dense ({where}).")
         else:
             out.append(f"At sparsity {sparsity:g}, {method} does **not** match dense: it is {gap:.2f} points below (more than 0.5).")
     for rival in rivals:

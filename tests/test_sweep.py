@@ -138,8 +138,10 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     assert "| set | 0.8700 ± 0.0141 |" in table
     assert "| rigl | not run |" in table
     text = " ".join(verdicts(rows, 0.95))
-    assert "within 0.5 points of dense" in text  # 0.910 - 0.905
+    assert "within 0.5 points of dense (0.50 points below dense)" in text  # 0.910 - 0.905
     assert "chsnn beats set" in text
+    better = [r for r in runs if r.label != "chsnn"] + [_fake(tmp_path / "b", "chsnn", 0.95, s, 0.93) for s in (0, 1)]
+    assert "within 0.5 points of dense (2.00 points above dense)" in " ".join(verdicts(aggregate(better), 0.95))
     # now make chsnn fall short of dense by more than half a point
     worse = [r for r in runs if r.label != "chsnn"] + [
         _fake(tmp_path / "w", "chsnn", 0.95, 0, 0.85),
