@@ -66,7 +66,7 @@ def evaluated_on(runs) -> str:
     """What the runs' accuracy was measured on: "validation" when their data
     option ``validation`` held part of the training set out (the test set unused)."""
     held_out = any(r.cfg.get("data_options", {}).get("validation") not in (None, "") for r in runs)
-    return "validation (held-out training data; the test set unused)" if held_out else "test"
+    return "accuracy on the validation split (held-out training data; the test set unused)" if held_out else "test accuracy"
 
 
 def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -> str:
@@ -259,7 +259,7 @@ def write_results(
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
         "",
-        f"Final-epoch {evaluated_on(runs)} accuracy, mean ± std over {n_seeds} seeds "
+        f"Final-epoch {evaluated_on(runs)}, mean ± std over {n_seeds} seeds "
         "(each seed draws its own initialisation, data order and, where the data is split, split):",
         "",
         method_table(rows, labels, sparsities),

@@ -11,6 +11,7 @@ import yaml
 from chsnn.cli import main
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
+from chsnn.sweep_results import evaluated_on
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -137,6 +138,9 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     assert "| dense | 0.9100 ± 0.0141 (dense) |" in table
     assert "| set | 0.8700 ± 0.0141 |" in table
     assert "| rigl | not run |" in table
+    assert evaluated_on(runs) == "test accuracy"
+    runs[0].cfg["data_options"] = {"validation": "0.2"}
+    assert evaluated_on(runs).startswith("accuracy on the validation split")
     text = " ".join(verdicts(rows, 0.95))
     assert "within 0.5 points of dense (0.50 points below dense)" in text  # 0.910 - 0.905
     assert "chsnn beats set" in text

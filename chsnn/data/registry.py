@@ -248,7 +248,7 @@ def load_dataset(
     time_steps: int | None = None,
     seed: int = 0,
     root: str | os.PathLike | None = None,
-    validation: str = "",
+    validation: str | float = "",
     **options,
 ) -> DataBundle:
     """Load a data set by spec: ``"NAME"`` or ``"NAME:PATH"`` (see ``DATASETS``).
@@ -263,7 +263,7 @@ def load_dataset(
     - ``split`` (emnist: byclass, bymerge, balanced, letters, digits, mnist),
       ``labels`` (cifar100: fine, coarse), ``resplit`` (nmnist: a fraction as a
       string, e.g. "0.2", pools Train and Test and splits them again by seed).
-    - ``validation`` (any set; a fraction as a string, e.g. "0.2"): hold out that
+    - ``validation`` (any set; a fraction, e.g. "0.2" or 0.2): hold out that
       stratified share of the training set, by seed, and evaluate on it instead of
       the test set, which stays unseen: the split to tune recipes on.
     - ``random`` takes ``input_shape``, ``n_classes``, ``n_train``, ``n_test`` and
@@ -286,11 +286,10 @@ def load_dataset(
         raise ValueError(f"{name} is built in and takes no path (got '{name}:{path}'); {info.no_path_hint}")
     if info.kind == "events" and time_steps is None:
         time_steps = DEFAULT_TIME_STEPS
-    if validation != "":
-        fraction = parse_fraction("validation", validation)
+    held_out = None if validation == "" else parse_fraction("validation", validation)  # checked before any loading
     request = DataRequest(name, path, root, time_steps, seed)
     bundle = _checked(info, info.loader(request, **options))
-    return hold_out_validation(bundle, fraction, seed) if validation != "" else bundle
+    return bundle if held_out is None else hold_out_validation(bundle, held_out, seed)
 
 
 def _check_options(info: DatasetInfo, options: dict) -> None:
