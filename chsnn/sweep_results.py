@@ -90,6 +90,41 @@ def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -
     return "\n".join(lines)
 
 
+def paired_lead(ours: dict, rival: dict) -> tuple[int, int]:
+    """Seeds on which ``ours`` scored above ``rival``, out of the seeds both ran.
+    Seeds are paired: the same seed means the same split and data order."""
+    a = dict(zip(ours["seeds"], ours["per_seed"]))
+    b = dict(zip(rival["seeds"], rival["per_seed"]))
+    common = sorted(set(a) & set(b))
+    return sum(a[s] > b[s] for s in common), len(common)
+
+
+def comparison_table(rows: list[dict], labels: list[str], sparsities: list[float], method: str = "chsnn") -> str | None:
+    """``method`` against every other row of the method table at each sparsity:
+    the mean difference in points and on how many paired seeds it is ahead; a
+    difference larger than both methods' std is bold."""
+    by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
+    if not any((method, s) in by for s in sparsities):
+        return None
+    lines = ["| against | " + " | ".join(f"{s:g}" for s in sparsities) + " |", "|" + "---|" * (len(sparsities) + 1)]
+    for label in labels:
+        if label == method:
+            continue
+        cells = []
+        for s in sparsities:
+            ours, rival = by.get((method, s)), by.get((label, None)) or by.get((label, s))
+            if ours is None or rival is None:
+                cells.append("")
+                continue
+            diff = (ours["test_accuracy"] - rival["test_accuracy"]) * 100
+            spread = max(ours["test_accuracy_std"], rival["test_accuracy_std"]) * 100
+            ahead, n = paired_lead(ours, rival)
+            number = f"**{diff:+.2f}**" if abs(diff) > spread else f"{diff:+.2f}"
+            cells.append(f"{number} ({ahead}/{n})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ablation_table(rows: list[dict], labels: list[str]) -> str:
     by = {r["label"]: r for r in rows if r["group"] == "ablation"}
     ref = by.get(labels[0])
@@ -102,7 +137,10 @@ def ablation_table(rows: list[dict], labels: list[str]) -> str:
         if r is None:
             lines.append(f"| {label} | not run | | | |")
             continue
-        delta = "" if ref is None or label == labels[0] else f"{(r['test_accuracy'] - ref['test_accuracy']) * 100:+.2f} points"
+        delta = ""
+        if ref is not None and label != labels[0]:
+            lower, n = paired_lead(ref, r)
+            delta = f"{(r['test_accuracy'] - ref['test_accuracy']) * 100:+.2f} points (lower on {lower} of {n} seeds)"
         energy = "" if r["energy_uj_per_sample"] is None else f"{r['energy_uj_per_sample']:.3g}"
         sops = "" if r["sops_per_sample"] is None else f"{r['sops_per_sample']:.3g}"
         lines.append(f"| {label} | {plus_minus(r['test_accuracy'], r['test_accuracy_std'])} | {delta} | {sops} | {energy} |")
@@ -137,7 +175,9 @@ def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", ri
             word = "beats" if diff > spread else "is ahead of, but within one standard deviation of,"
         else:
             word = "does **not** beat"
-        out.append(f"At sparsity {sparsity:g}, {method} {word} {rival} ({diff:+.2f} points; std up to {spread:.2f}).")
+        ahead, n = paired_lead(ours, r)
+        detail = f"{diff:+.2f} points; std up to {spread:.2f}; ahead on {ahead} of {n} seeds"
+        out.append(f"At sparsity {sparsity:g}, {method} {word} {rival} ({detail}).")
     return out
 
 
@@ -266,6 +306,15 @@ def write_results(
         "",
     ]
     lines += [f"- {v}" for v in verdicts(rows, key_sparsity)]
+    comparison = comparison_table(rows, labels, sparsities)
+    if comparison is not None:
+        lines += [
+            "",
+            "CH-SNN against each method, paired by seed: the difference of the means in points (seeds on which "
+            "CH-SNN is ahead / seeds run); **bold**: larger than either method's standard deviation.",
+            "",
+            comparison,
+        ]
     if figures_dir is not None and "accuracy" in fig_paths:
         rel = os.path.relpath(figures_dir / f"{grid['name']}_accuracy.svg", results_file.parent if results_file else out)
         lines += ["", f"![accuracy against sparsity, {grid['title']}]({rel})"]

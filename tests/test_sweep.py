@@ -11,7 +11,7 @@ import yaml
 from chsnn.cli import main
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
-from chsnn.sweep_results import evaluated_on
+from chsnn.sweep_results import ablation_table, comparison_table, evaluated_on
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -143,7 +143,20 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     assert evaluated_on(runs).startswith("accuracy on the validation split")
     text = " ".join(verdicts(rows, 0.95))
     assert "within 0.5 points of dense (0.50 points below dense)" in text  # 0.910 - 0.905
-    assert "chsnn beats set" in text
+    assert "chsnn beats set (+3.50 points; std up to 1.41; ahead on 2 of 2 seeds)" in text
+    # paired by seed: chsnn 0.905 against dense 0.90 (seed 0) and 0.92 (seed 1)
+    comparison = comparison_table(rows, ["dense", "set", "chsnn", "rigl"], [0.95])
+    assert "| dense | -0.50 (1/2) |" in comparison  # within one std: not bold
+    assert "| set | **+3.50** (2/2) |" in comparison
+    assert "| rigl |  |" in comparison and "| chsnn |" not in comparison
+    assert comparison_table(rows, ["dense", "set"], [0.95], method="rigl") is None
+    ablated = [
+        _fake(tmp_path / "a", lab, 0.95, s, acc, groups=("ablation",))
+        for lab, s, acc in [("chsnn", 0, 0.90), ("chsnn", 1, 0.92), ("init=random", 0, 0.89), ("init=random", 1, 0.93)]
+    ]
+    assert "| init=random | 0.9100 ± 0.0283 | +0.00 points (lower on 1 of 2 seeds) |" in ablation_table(
+        aggregate(ablated), ["chsnn", "init=random"]
+    )
     better = [r for r in runs if r.label != "chsnn"] + [_fake(tmp_path / "b", "chsnn", 0.95, s, 0.93) for s in (0, 1)]
     assert "within 0.5 points of dense (2.00 points above dense)" in " ".join(verdicts(aggregate(better), 0.95))
     # now make chsnn fall short of dense by more than half a point
