@@ -311,7 +311,7 @@ def write_results(
         lines += [
             "",
             "CH-SNN against each method, paired by seed: the difference of the means in points (seeds on which "
-            "CH-SNN is ahead / seeds run); **bold**: larger than either method's standard deviation.",
+            "CH-SNN is ahead / seeds both ran); **bold**: larger than either method's standard deviation.",
             "",
             comparison,
         ]
