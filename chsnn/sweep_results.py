@@ -99,6 +99,14 @@ def paired_lead(ours: dict, rival: dict) -> tuple[int, int]:
     return sum(a[s] > b[s] for s in common), len(common)
 
 
+def versus(ours: dict, rival: dict) -> tuple[float, float, int, int]:
+    """``ours`` against ``rival``: the difference of the means and the larger std
+    (both in points), and the seeds ``ours`` is ahead on out of those both ran."""
+    diff = (ours["test_accuracy"] - rival["test_accuracy"]) * 100
+    spread = max(ours["test_accuracy_std"], rival["test_accuracy_std"]) * 100
+    return diff, spread, *paired_lead(ours, rival)
+
+
 def comparison_table(rows: list[dict], labels: list[str], sparsities: list[float], method: str = "chsnn") -> str | None:
     """``method`` against every other row of the method table at each sparsity:
     the mean difference in points and on how many paired seeds it is ahead; a
@@ -116,9 +124,7 @@ def comparison_table(rows: list[dict], labels: list[str], sparsities: list[float
             if ours is None or rival is None:
                 cells.append("")
                 continue
-            diff = (ours["test_accuracy"] - rival["test_accuracy"]) * 100
-            spread = max(ours["test_accuracy_std"], rival["test_accuracy_std"]) * 100
-            ahead, n = paired_lead(ours, rival)
+            diff, spread, ahead, n = versus(ours, rival)
             number = f"**{diff:+.2f}**" if abs(diff) > spread else f"{diff:+.2f}"
             cells.append(f"{number} ({ahead}/{n})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -169,13 +175,11 @@ def verdicts(rows: list[dict], sparsity: float = 0.95, method: str = "chsnn", ri
         r = by.get((rival, sparsity))
         if r is None:
             continue
-        diff = (ours["test_accuracy"] - r["test_accuracy"]) * 100
-        spread = max(ours["test_accuracy_std"], r["test_accuracy_std"]) * 100
+        diff, spread, ahead, n = versus(ours, r)
         if diff > 0:
             word = "beats" if diff > spread else "is ahead of, but within one standard deviation of,"
         else:
             word = "does **not** beat"
-        ahead, n = paired_lead(ours, r)
         detail = f"{diff:+.2f} points; std up to {spread:.2f}; ahead on {ahead} of {n} seeds"
         out.append(f"At sparsity {sparsity:g}, {method} {word} {rival} ({detail}).")
     return out
