@@ -309,7 +309,8 @@ def write_results(
         method_table(rows, labels, sparsities),
         "",
     ]
-    lines += [f"- {v}" for v in verdicts(rows, key_sparsity)]
+    if "chsnn" in labels:  # a grid without CH-SNN (a tuning grid) has nothing to judge
+        lines += [f"- {v}" for v in verdicts(rows, key_sparsity)]
     comparison = comparison_table(rows, labels, sparsities)
     if comparison is not None:
         lines += [

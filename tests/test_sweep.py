@@ -181,6 +181,7 @@ def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
     assert "<!-- sweep:grid -->" in text and f"`chsnn sweep {path}" in text
     acc = json.loads(first)["test_accuracy"]
     assert f"| set | {acc:.4f} ± 0.0000 |" in text
+    assert "was not run" not in text  # no CH-SNN in this grid: no verdicts about it
     svg = (tmp_path / "figures" / "grid_accuracy.svg").read_text()
     import xml.etree.ElementTree as ET
 
