@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:  # a file or directory that cannot be written or read
         print(f"chsnn {args.command}: error: {exc.filename or ''}: {exc.strerror or exc} (permission denied)", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `chsnn ... | head` stopped reading: end quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+        return 141  # 128 + SIGPIPE
     except KeyboardInterrupt as exc:  # Ctrl-C: no traceback; train has said where its state is
         from chsnn.trainer import RunInterrupted
 

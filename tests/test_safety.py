@@ -381,6 +381,16 @@ def test_ctrl_c_saves_says_so_and_resumes_with_whole_epoch_metrics(tmp_path, cap
         assert cut[0][key] == pytest.approx(straight[0][key], rel=1e-12), key
 
 
+def test_a_closed_pipe_ends_quietly():
+    """`chsnn zoo | head -1`: the reader goes away before chsnn writes; no traceback."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "chsnn", "zoo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    proc.stdout.close()  # chsnn is still importing torch: every line it prints meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 # 3. --resume with other options -------------------------------------------------------
 
 
