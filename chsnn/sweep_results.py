@@ -250,13 +250,20 @@ def standalone_svg(inline: str) -> str:
 
 
 def describe_recipe(grid: dict, runs: list[Run]) -> str:
+    from chsnn.config import DEFAULTS
+
     cfg = runs[0].cfg
-    engine = {k: v for k, v in cfg["engine"].items() if k not in ("method", "sparsity")}
+    # Only what every run has: a method's own options (its label says them) are not shared.
+    engine = {
+        k: v for k, v in cfg["engine"].items() if k not in ("method", "sparsity") and all(r.cfg.get("engine", {}).get(k) == v for r in runs)
+    }
     extra = f"; engine options shared by all methods: {engine}" if engine else ""
+    min_steps = cfg.get("min_update_steps", DEFAULTS["min_update_steps"])
+    spacing = f" (min_update_steps {min_steps})" if min_steps != DEFAULTS["min_update_steps"] else ""
     return (
         f"model `{cfg['model']}` {cfg.get('model_options') or ''}, data `{cfg['data']}`, {cfg['time_steps']} time steps, "
         f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), "
-        f"{cfg.get('updates_per_epoch', 1)} topology update(s) per epoch{extra}"
+        f"{cfg.get('updates_per_epoch', 1)} topology update(s) per epoch{spacing}{extra}"
     )
 
 

@@ -11,7 +11,7 @@ import yaml
 from chsnn.cli import main
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
-from chsnn.sweep_results import ablation_table, comparison_table, evaluated_on
+from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -166,6 +166,19 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     ]
     text = " ".join(verdicts(aggregate(worse), 0.95))
     assert "does **not** match dense" in text and "does **not** beat set" in text
+
+
+def test_recipe_line_names_only_the_engine_options_every_run_shares(tmp_path):
+    base = {"model": "snn-cnn", "data": "nmnist:x", "time_steps": 8, "epochs": 36, "batch_size": 64, "optimizer": "adam"}
+    base.update(lr=0.002, lr_schedule="cosine", min_update_steps=30)
+    runs = []
+    for label, zeta in (("chsnn_z0.5", 0.5), ("set_z0.3", 0.3)):
+        run = _fake(tmp_path, label, 0.95, 0, 0.9)
+        run.cfg = {**base, "engine": {"method": label[:5], "sparsity": 0.95, "zeta": zeta, "exclude": ["features.*"]}}
+        runs.append(run)
+    line = describe_recipe({}, runs)
+    assert "shared by all methods: {'exclude': ['features.*']}" in line and "zeta" not in line
+    assert "(min_update_steps 30)" in line
 
 
 def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
