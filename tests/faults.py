@@ -55,6 +55,9 @@ def fault_point(step: int, model=None, spec: str | None = None) -> None:
             for p in model.parameters():
                 p.fill_(float("nan"))
     elif mode == "sigint":  # as Ctrl-C would
+        # A process started in the background by a non-interactive shell (nohup ... &)
+        # inherits SIGINT ignored; Ctrl-C in a terminal reaches Python's default handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the signal arrives at the next bytecode; never get past here without it
     else:
