@@ -172,9 +172,9 @@ def test_recipe_line_names_only_the_engine_options_every_run_shares(tmp_path):
     base = {"model": "snn-cnn", "data": "nmnist:x", "time_steps": 8, "epochs": 36, "batch_size": 64, "optimizer": "adam"}
     base.update(lr=0.002, lr_schedule="cosine", min_update_steps=30)
     runs = []
-    for label, zeta in (("chsnn_z0.5", 0.5), ("set_z0.3", 0.3)):
+    for label, method, zeta in (("chsnn_z0.5", "chsnn", 0.5), ("set_z0.3", "set", 0.3)):
         run = _fake(tmp_path, label, 0.95, 0, 0.9)
-        run.cfg = {**base, "engine": {"method": label[:5], "sparsity": 0.95, "zeta": zeta, "exclude": ["features.*"]}}
+        run.cfg = {**base, "engine": {"method": method, "sparsity": 0.95, "zeta": zeta, "exclude": ["features.*"]}}
         runs.append(run)
     line = describe_recipe({}, runs)
     assert "shared by all methods: {'exclude': ['features.*']}" in line and "zeta" not in line
