@@ -15,7 +15,7 @@ from torch import nn
 from chsnn.cli import main
 from chsnn.sparse import ConfigError, EngineConfig, SparseEngine
 from chsnn.sparse.calibration import record_activity
-from chsnn.sparse.strategies import link_every_row, spread_anchors
+from chsnn.sparse.strategies import link_every_input, link_every_row, spread_anchors, top_links_per_row
 
 
 def _weight_state(engine, optimizer):
@@ -80,6 +80,73 @@ def test_link_every_row_keeps_the_count_and_moves_only_the_weakest_links():
     for r in range(2, 6):  # each empty row got its best input
         assert fixed[r, int(scores[r].argmax())]
     assert fixed[0, int((scores[0] * mask[0]).argmax())] and fixed[1, int((scores[1] * mask[1]).argmax())]
+
+
+def test_link_every_input_links_each_varying_input_without_emptying_a_row_or_column():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(8, 12, generator=g, dtype=torch.float64)
+    mask = torch.zeros(8, 12, dtype=torch.bool)
+    mask[:, :3] = True  # 24 links on inputs 0-2; inputs 3-11 have none
+    varying = torch.ones(12, dtype=torch.bool)
+    varying[11] = False  # a constant input stays without links
+    fixed = link_every_input(mask, scores, varying, g)
+    assert int(fixed.sum()) == 24
+    assert bool(fixed[:, :11].any(0).all()) and not bool(fixed[:, 11].any())
+    assert bool(fixed.any(1).all()) and bool(fixed[:, :3].any(0).all())  # no row or old input emptied
+    for c in range(3, 11):  # each newly linked input got exactly its best output
+        assert fixed[:, c].sum() == 1 and fixed[int(scores[:, c].argmax()), c]
+    gone = mask & ~fixed  # the links that went are the weakest of those that could go
+    assert int(gone.sum()) == 8 and scores[gone].max() <= scores[mask & fixed].min()
+
+
+def test_link_every_input_covers_the_best_inputs_first_when_too_few_links_can_move():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(3, 6, generator=g, dtype=torch.float64)
+    mask = torch.zeros(3, 6, dtype=torch.bool)
+    mask[0, 0] = mask[1, 0] = mask[2, 0] = mask[2, 1] = True  # only (2, 0) can go without emptying a row or column
+    fixed = link_every_input(mask, scores, torch.ones(6, dtype=torch.bool), g)
+    assert int(fixed.sum()) == 4 and bool(fixed.any(1).all()) and bool(fixed[:, :2].any(0).all())
+    assert not fixed[2, 0]
+    ((row, col),) = (fixed & ~mask).nonzero().tolist()  # one input of 2-5 covered: the one with the best link
+    assert col == 2 + int(scores[:, 2:].max(0).values.argmax()) and row == int(scores[:, col].argmax())
+
+
+def test_sscti_cover_inputs_links_every_varying_input_of_a_layer():
+    torch.manual_seed(0)
+    n_in, n_out = 40, 40
+    x = torch.rand(512, n_in)
+    x[:, 20:] = x[:, :20] + 0.01 * torch.rand(512, 20)  # inputs 20-39 echo 0-19: strongly correlated pairs
+    x[:, 35:] = torch.rand(512, 5)  # except 35-39, independent of everything
+    model = nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Linear(n_out, 3))
+    cfg = {"method": "chsnn", "sparsity": 0.95}  # 80 links for 40 x 40
+    plain = SparseEngine(model, None, cfg, calibration=[x]).mask("0")
+    model = nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Linear(n_out, 3))
+    covered = SparseEngine(model, None, {**cfg, "sscti_cover_inputs": True}, calibration=[x]).mask("0")
+    assert not bool(plain[:, 35:].any(0).all()), "global top-k should leave the uncorrelated inputs out"
+    assert bool(covered.any(0).all()) and bool(covered.any(1).all())
+    assert int(covered.sum()) == int(plain.sum()) == 80
+    assert int(plain.sum(1).max()) > 2  # global top-k: uneven rows
+    model = nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Linear(n_out, 3))
+    even = SparseEngine(model, None, {**cfg, "sscti_per_neuron": True}, calibration=[x]).mask("0")
+    assert int(even.sum()) == 80 and even.sum(1).tolist() == [2] * n_out
+
+
+def test_top_links_per_row_gives_every_row_its_share_of_its_best_inputs():
+    g = torch.Generator().manual_seed(2)
+    scores = torch.rand(7, 20, generator=g, dtype=torch.float64)
+    scores[:, 0] = 10.0  # a hub input: global top-k would give it every row
+    mask = top_links_per_row(scores, 25, g)  # 3 per row, and 4 left over
+    assert int(mask.sum()) == 25 and int(mask.sum(1).min()) == 3 and int(mask.sum(1).max()) == 4
+    for r in range(7):  # each row's best are in, as many as it has links
+        k = int(mask[r].sum())
+        assert bool(mask[r, scores[r].topk(k).indices].all())
+    fourth = scores.sort(1, descending=True).values[:, 3]  # the 4 extra links went to the rows with the best 4th input
+    assert set(mask.sum(1).eq(4).nonzero().squeeze(1).tolist()) == set(fourth.topk(4).indices.tolist())
+
+
+def test_sscti_per_neuron_and_soft_sscti_cannot_be_combined():
+    with pytest.raises(ConfigError, match="sscti_per_neuron"):
+        EngineConfig(method="chsnn", sparsity=0.9, sscti_soft=True, sscti_per_neuron=True).resolved()
 
 
 def test_correlation_is_over_samples_of_spike_counts_and_streams_over_batches():

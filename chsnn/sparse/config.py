@@ -109,6 +109,8 @@ class EngineConfig:
     soft_regrowth: bool | None = None
     soft_temperature: list[float] = field(default_factory=lambda: [1.0, 3.0])
     sscti_soft: bool = False
+    sscti_per_neuron: bool = False  # the same number of top links for every output neuron, not a global top-k
+    sscti_cover_inputs: bool = False  # every varying input keeps a link (CH3 never regrows into an isolated one)
     lrs_alpha: float = 0.5
     mest_grad_coeff: float = 0.01
     rigl_accumulation: int = 1
@@ -204,6 +206,8 @@ class EngineConfig:
             bad("total_steps", "it must be a whole number >= 1 (the optimizer steps of the run)")
         if self.init_gain <= 0:
             bad("init_gain", "it must be > 0")
+        if self.sscti_soft and self.sscti_per_neuron:
+            bad("sscti_per_neuron", "it picks the top links of each neuron, sscti_soft samples them: set one of the two")
         if len(self.soft_temperature) != 2 or min(self.soft_temperature) <= 0:
             bad("soft_temperature", "give [start, end], both > 0")
         needs_total = []

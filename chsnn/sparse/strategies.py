@@ -152,11 +152,78 @@ def link_every_row(mask: torch.Tensor, scores: torch.Tensor, allowed: torch.Tens
     return mask
 
 
+def link_every_input(mask: torch.Tensor, scores: torch.Tensor, varying: torch.Tensor, generator) -> torch.Tensor:
+    """Give each varying input (column) left without a link its best-scoring
+    output, and take as many of the lowest-scoring links whose row and column
+    both keep another, so the number of links is unchanged and no row or
+    column is emptied. An input without links is lost for good under CH3
+    regrowth (no length-3 path reaches it), which global top-k leaves for the
+    inputs least correlated with every anchor. When too few links can go, the
+    inputs with the best links are covered first."""
+    empty = (varying & ~mask.any(0)).nonzero().squeeze(1)
+    if empty.numel() == 0:
+        return mask
+    links = mask.nonzero()
+    links = links[torch.randperm(links.shape[0], generator=generator, device=generator.device).to(links.device)]
+    weakest_first = torch.sort(scores[links[:, 0], links[:, 1]].to(torch.float64), stable=True).indices
+    per_row, per_col = mask.sum(1).tolist(), mask.sum(0).tolist()
+    drops = []
+    for r, c in links[weakest_first].tolist():
+        if len(drops) == empty.numel():
+            break
+        if per_row[r] > 1 and per_col[c] > 1:
+            drops.append((r, c))
+            per_row[r] -= 1
+            per_col[c] -= 1
+    if not drops:
+        return mask
+    col_scores = scores.t()[empty]  # (empty inputs, n_out)
+    best_row = select_top_per_row(col_scores, torch.ones_like(col_scores, dtype=torch.bool), 1, generator)
+    if len(drops) < empty.numel():
+        best = col_scores.max(1).values
+        keep = select_top(best, torch.ones_like(best, dtype=torch.bool), len(drops), generator)
+        empty, best_row = empty[keep], best_row[keep]
+    mask = mask.clone()
+    gone = torch.tensor(drops, device=mask.device)
+    mask[gone[:, 0], gone[:, 1]] = False
+    mask[best_row.nonzero()[:, 1], empty] = True
+    return mask
+
+
+def _cover(mask: torch.Tensor, scores: torch.Tensor, varying: torch.Tensor, ctx: UpdateContext) -> torch.Tensor:
+    """Every output neuron keeps a link and, with ``sscti_cover_inputs``, so
+    does every varying input."""
+    mask = link_every_row(mask, scores, varying, ctx.generator)
+    if ctx.config.sscti_cover_inputs:
+        mask = link_every_input(mask, scores, varying, ctx.generator)
+    return mask
+
+
 def _top_links(scores, ctx: UpdateContext):
     everything = torch.ones_like(scores, dtype=torch.bool)
     if ctx.config.sscti_soft:
         return sample_weighted(scores, everything, ctx.n_links, ctx.generator)
+    if ctx.config.sscti_per_neuron:
+        return top_links_per_row(scores, ctx.n_links, ctx.generator)
     return select_top(scores, everything, ctx.n_links, ctx.generator)
+
+
+def top_links_per_row(scores: torch.Tensor, n_links: int, generator) -> torch.Tensor:
+    """``n_links`` links spread evenly over the rows: each row its
+    ``n_links // rows`` best-scoring inputs (random ties), and the rows
+    whose next-best input scores highest one more each, for the remainder.
+    (Global top-k gives the inputs most correlated with every anchor dozens
+    of links each.)"""
+    rows, cols = scores.shape
+    per_row = min(cols, n_links // rows)
+    mask = select_top_per_row(scores, torch.ones_like(scores, dtype=torch.bool), per_row, generator)
+    left = n_links - count(mask)
+    if left <= 0 or per_row == cols:
+        return mask
+    next_best = select_top_per_row(scores, ~mask, 1, generator)
+    next_score = scores.masked_fill(~next_best, float("-inf")).amax(1)
+    row_gets = select_top(next_score, torch.ones(rows, dtype=torch.bool, device=mask.device), left, generator)
+    return mask | (next_best & row_gets.unsqueeze(1))
 
 
 @register_topology_init("sscti")
@@ -166,14 +233,15 @@ def correlated_topology(ctx: UpdateContext):
     (:func:`spread_anchors`); the links kept are the top ``n_links`` by
     |Pearson r| between an output's anchor and each input (over calibration
     samples: spike counts per sample for spiking layers); every output
-    neuron keeps at least one link."""
+    neuron keeps at least one link, and with ``sscti_cover_inputs`` every
+    varying input too."""
     stats = ctx.stats
     corr = stats.correlation().abs()
     varying = stats.varying()
     if not bool(varying.any()):  # nothing to correlate
         return random_topology(ctx)
     scores = corr[spread_anchors(ctx.n_out, varying.nonzero().squeeze(1))]
-    return link_every_row(_top_links(scores, ctx), scores, varying, ctx.generator)
+    return _cover(_top_links(scores, ctx), scores, varying, ctx)
 
 
 @register_topology_init("csti_tiled")
@@ -192,7 +260,7 @@ def tiled_topology(ctx: UpdateContext):
         )
     scores = corr.repeat(n_out // d, n_in // d)
     varying = stats.varying().repeat(n_in // d)
-    return link_every_row(_top_links(scores, ctx), scores, varying if bool(varying.any()) else ~varying, ctx.generator)
+    return _cover(_top_links(scores, ctx), scores, varying if bool(varying.any()) else ~varying, ctx)
 
 
 # Weight initialisation ------------------------------------------------------------
