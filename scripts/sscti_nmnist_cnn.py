@@ -52,7 +52,8 @@ def use_trained_convs(seed: int) -> None:
 
     donor = load_checkpoint(GRID_DIR / f"{DONOR}_seed{seed}" / "latest.pt")["model"]
     convs = {k: v for k, v in donor.items() if k.startswith("features.")}
-    build = chsnn.models.build_model
+    # The library's own builder, not the wrapper an earlier call in this process left.
+    build = getattr(chsnn.models.build_model, "original", chsnn.models.build_model)
 
     def build_with_trained_convs(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -62,6 +63,7 @@ def use_trained_convs(seed: int) -> None:
         model.load_state_dict(convs, strict=False)
         return model
 
+    build_with_trained_convs.original = build
     chsnn.models.build_model = build_with_trained_convs
 
 
