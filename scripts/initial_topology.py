@@ -39,7 +39,9 @@ def main() -> None:
         warnings.simplefilter("ignore")
         runner = Runner(cfg)
     engine = runner.engine
-    # The activity each layer saw, recorded again over the same calibration batches.
+    # The activity each layer saw, recorded again over the same calibration batches. The
+    # initialisation may have run them as one forward: with BatchNorm (batch statistics)
+    # the rates and the varying inputs can then differ slightly from what it saw.
     stats = record_activity(
         runner.model, engine.calibration_data.batches, engine.targets, engine.forward_fn, correlate=True, spiking=engine.spiking
     )
