@@ -69,6 +69,19 @@ def evaluated_on(runs) -> str:
     return "accuracy on the validation split (held-out training data; the test set unused)" if held_out else "test accuracy"
 
 
+def what_seeds_draw(runs) -> str:
+    """How seeds differ: each its own initialisation and data order, and its own
+    split or, under the data option ``kfold``, its own fold."""
+    folds = {str(r.cfg.get("data_options", {}).get("kfold") or "").strip() for r in runs} - {""}
+    if len(folds) == 1:
+        k = folds.pop()
+        return (
+            f"seed s tests fold s mod {k} of a stratified {k}-fold partition of the data, so seeds 0-{int(k) - 1} "
+            "test every sample once; each seed also draws its own initialisation and data order"
+        )
+    return "each seed draws its own initialisation, data order and, where the data is split, split"
+
+
 def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -> str:
     """Methods down, sparsities across: final test accuracy, mean ± std."""
     by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
@@ -310,8 +323,7 @@ def write_results(
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
         "",
-        f"Final-epoch {evaluated_on(runs)}, mean ± std over {n_seeds} seeds "
-        "(each seed draws its own initialisation, data order and, where the data is split, split):",
+        f"Final-epoch {evaluated_on(runs)}, mean ± std over {n_seeds} seeds ({what_seeds_draw(runs)}):",
         "",
         method_table(rows, labels, sparsities),
         "",

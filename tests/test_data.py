@@ -35,6 +35,7 @@ from chsnn.data import (
     read_nmnist_file,
     register_dataset,
     smoke_data,
+    stratified_folds,
     stratified_split,
     unregister_dataset,
 )
@@ -435,6 +436,22 @@ def test_stratified_split_exact_sizes():
     assert set(labels[te].tolist()) == {0, 1, 2}
 
 
+def test_stratified_folds_partition_every_sample_once_and_balance_classes():
+    labels = np.repeat(np.arange(3), [5, 7, 11])
+    fold = stratified_folds(labels, 4, seed=0)
+    assert fold.shape == labels.shape and set(fold.tolist()) == {0, 1, 2, 3}
+    sizes = np.bincount(fold, minlength=4)
+    assert sizes.sum() == 23 and sizes.max() - sizes.min() <= 1
+    per_class = np.stack([np.bincount(fold[labels == c], minlength=4) for c in range(3)])
+    assert (per_class.max(1) - per_class.min(1) <= 1).all()  # every class spread over the folds
+    assert np.array_equal(fold, stratified_folds(labels, 4, seed=0))
+    assert not np.array_equal(fold, stratified_folds(labels, 4, seed=1))
+    with pytest.raises(ValueError, match="folds"):
+        stratified_folds(labels, 24, seed=0)
+    with pytest.raises(ValueError, match="k must"):
+        stratified_folds(labels, 1, seed=0)
+
+
 def test_events_to_frames_edge_cases():
     empty = np.zeros(0, EVENT_DTYPE)
     assert events_to_frames(empty, (4, 3, 2), 5).shape == (5, 2, 3, 4)
@@ -634,6 +651,29 @@ def test_nmnist_resplit_pools_and_stratifies_by_seed(shared_dir):
     assert set(v.test.indices.tolist()) <= set(a.train.indices.tolist()) and len(v.train) + len(v.test) == len(a.train)
     x, y = v.test[0]
     assert x.shape == (8, 2, 34, 34) and y == int(v.test.targets[0])
+
+
+def test_nmnist_kfold_tests_every_recording_once_over_k_seeds(shared_dir):
+    d = shared_dir / "data" / "nmnist-small"
+    if not (d / "Train").is_dir():
+        pytest.skip("../shared/data/nmnist-small is absent")
+    from chsnn.data import load_dataset
+
+    folds = [load_dataset(f"nmnist:{d}", kfold="5", seed=s) for s in range(5)]
+    total = len(folds[0].train) + len(folds[0].test)
+    tested = np.concatenate([b.test.indices for b in folds])
+    assert np.array_equal(np.sort(tested), np.arange(total))  # each recording tested exactly once
+    for b in folds:
+        assert set(b.train.indices.tolist()).isdisjoint(b.test.indices.tolist())
+        assert len(b.train) + len(b.test) == total and "5-fold" in b.note
+    again = load_dataset(f"nmnist:{d}", kfold="5", seed=5)  # seed 5: fold 0 of a new partition
+    assert again.test.indices.tolist() != folds[0].test.indices.tolist()
+    with pytest.raises(ValueError, match="not both"):
+        load_dataset(f"nmnist:{d}", kfold="5", resplit="0.2")
+    assert load_dataset(f"nmnist:{d}", kfold=5, seed=1).test.indices.tolist() == folds[1].test.indices.tolist()
+    for bad in ("1", "five", "2.5", 2.5, True):
+        with pytest.raises(ValueError, match="kfold="):
+            load_dataset(f"nmnist:{d}", kfold=bad)
 
 
 def test_validation_holds_out_part_of_train_and_never_reads_test(cache_root):

@@ -11,7 +11,7 @@ import yaml
 from chsnn.cli import main
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
-from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on
+from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on, what_seeds_draw
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -139,8 +139,13 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     assert "| set | 0.8700 ± 0.0141 |" in table
     assert "| rigl | not run |" in table
     assert evaluated_on(runs) == "test accuracy"
+    assert what_seeds_draw(runs).startswith("each seed draws its own initialisation")
     runs[0].cfg["data_options"] = {"validation": "0.2"}
     assert evaluated_on(runs).startswith("accuracy on the validation split")
+    for r in runs:
+        r.cfg["data_options"] = {"resplit": "", "kfold": 5}
+    assert what_seeds_draw(runs).startswith("seed s tests fold s mod 5 of a stratified 5-fold partition")
+    assert "seeds 0-4 test every sample once" in what_seeds_draw(runs)
     text = " ".join(verdicts(rows, 0.95))
     assert "within 0.5 points of dense (0.50 points below dense)" in text  # 0.910 - 0.905
     assert "chsnn beats set (+3.50 points; std up to 1.41; ahead on 2 of 2 seeds)" in text

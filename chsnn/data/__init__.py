@@ -20,7 +20,7 @@ dataset cards in ``datasets/`` describe each set's source, files and licence.
 """
 
 from chsnn.data import catalog  # noqa: F401  (registers the built-in sets)
-from chsnn.data._base import EVENT_DTYPE, ArrayDataset, DataBundle, DataError, MissingDataError, stratified_split
+from chsnn.data._base import EVENT_DTYPE, ArrayDataset, DataBundle, DataError, MissingDataError, stratified_folds, stratified_split
 from chsnn.data.digits import ndigits_cache_path, ndigits_events
 from chsnn.data.encoding import ENCODINGS, encode
 from chsnn.data.frames import events_to_frames
@@ -57,6 +57,7 @@ __all__ = [
     "read_nmnist_file",
     "register_dataset",
     "smoke_data",
+    "stratified_folds",
     "stratified_split",
     "unregister_dataset",
 ]

@@ -209,6 +209,26 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.flatnonzero(mask), test
 
 
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Seeded stratified k-fold partition: the fold (0..k-1) of every sample.
+
+    Each class is shuffled and dealt round the folds, continuing where the
+    previous class stopped, so fold sizes differ by at most one overall and
+    each class's count differs by at most one between folds."""
+    labels = np.asarray(labels)
+    k = check_int("k", k, 2)
+    if k > labels.size:
+        raise ValueError(f"cannot split {labels.size} samples into {k} folds")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(labels.size, np.int64)
+    start = 0
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold[members] = (start + np.arange(members.size)) % k
+        start += members.size
+    return fold
+
+
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
     """The cache directory: ``root``, else ``$CHSNN_CACHE``, else ``~/.cache/chsnn``."""
     if root is None:

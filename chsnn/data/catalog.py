@@ -110,8 +110,8 @@ def load_cifar100(request: DataRequest, *, labels: str = "fine"):
     n_classes=10,
     kind="events",
 )
-def load_nmnist(request: DataRequest, *, resplit: str = ""):
-    return neuromorphic.load_nmnist_bundle(request.directory, request.time_steps, request.seed, resplit)
+def load_nmnist(request: DataRequest, *, resplit: str = "", kfold: int = 0):
+    return neuromorphic.load_nmnist_bundle(request.directory, request.time_steps, request.seed, resplit, kfold)
 
 
 @register_dataset(

@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chsnn.data._base import EVENT_DTYPE, DataBundle, DataError, MissingDataError, missing_files, parse_fraction, stratified_split
+from chsnn.data._base import (
+    EVENT_DTYPE,
+    DataBundle,
+    DataError,
+    MissingDataError,
+    missing_files,
+    parse_fraction,
+    stratified_folds,
+    stratified_split,
+)
 from chsnn.data.frames import events_to_frames
 
 NMNIST_SENSOR = (34, 34, 2)
@@ -120,10 +129,22 @@ class _NmnistFiles:
         return read_nmnist_file(self.files[i]), self.labels[i]
 
 
-def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resplit: str = "") -> DataBundle:
+def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resplit: str = "", kfold: int | str = 0) -> DataBundle:
     """N-MNIST in its official layout. ``resplit`` (a fraction as a string,
     e.g. "0.2"): pool Train and Test and split them again, stratified by
-    seed, for a usable test set from a small copy of the data."""
+    seed, for a usable test set from a small copy of the data.
+
+    ``kfold`` (a count, e.g. 5): pool Train and Test, deal them
+    into that many stratified folds and test on fold ``seed % k``; the folds
+    are drawn with ``seed // k``, so seeds 0..k-1 are one k-fold
+    cross-validation that tests every recording exactly once (and seeds
+    k..2k-1 a second one on a new partition)."""
+    if resplit and kfold:
+        raise ValueError(
+            "nmnist: give resplit= or kfold=, not both (kfold= already splits Train and Test pooled); "
+            "to cross-validate with a config that sets resplit, clear it: --set data_options.resplit="
+        )
+    folds = _parse_kfold(kfold) if kfold else 0  # checked before any file is read
     directory = Path(directory).expanduser()
     base = directory / "NMNIST" if not (directory / "Train").is_dir() and (directory / "NMNIST").is_dir() else directory
     parts = {}
@@ -146,11 +167,18 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
             reader, np.arange(len(files)), labels, NMNIST_SENSOR, time_steps, (2, 34, 34), name=f"nmnist/{part.lower()}"
         )
 
-    if resplit:
-        fraction = parse_fraction("resplit", resplit)
+    if resplit or folds:
         files = parts["Train"][0] + parts["Test"][0]
         labels = parts["Train"][1] + parts["Test"][1]
-        tr, te = stratified_split(np.asarray(labels), fraction, seed)
+        if folds:
+            if folds > len(files):
+                raise ValueError(f"nmnist: kfold={kfold} asks for more folds than the {len(files)} recordings in {base}")
+            fold_of = stratified_folds(np.asarray(labels), folds, seed // folds)
+            tr, te = np.flatnonzero(fold_of != seed % folds), np.flatnonzero(fold_of == seed % folds)
+            how = f"{folds}-fold cross-validation: fold {seed % folds} tested, stratified folds drawn with seed {seed // folds}"
+        else:
+            tr, te = stratified_split(np.asarray(labels), parse_fraction("resplit", resplit), seed)
+            how = f"stratified, seed {seed}"
         reader = _NmnistFiles(files, labels)
         label_array = np.asarray(labels)
 
@@ -158,7 +186,7 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
             return EventFileDataset(reader, idx, label_array[idx], NMNIST_SENSOR, time_steps, (2, 34, 34), name=f"nmnist/resplit-{part}")
 
         train, test = subset(tr, "train"), subset(te, "test")
-        note = f"N-MNIST: Train and Test pooled and split {len(train)}/{len(test)} (stratified, seed {seed}), {time_steps} time bins"
+        note = f"N-MNIST: Train and Test pooled and split {len(train)}/{len(test)} ({how}), {time_steps} time bins"
     else:
         train, test = make("Train"), make("Test")
         note = f"N-MNIST: official split {len(train)}/{len(test)}, {time_steps} time bins"
@@ -173,6 +201,16 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
         note=note,
         classes=[str(i) for i in range(10)],
     )
+
+
+def _parse_kfold(value: int | str) -> int:
+    if isinstance(value, str):
+        folds = int(value) if value.strip().isdecimal() else 0
+    else:
+        folds = value if isinstance(value, int) and not isinstance(value, bool) else 0
+    if folds < 2:
+        raise ValueError(f"option kfold={value!r} must be a whole number of folds >= 2, e.g. kfold=5")
+    return folds
 
 
 # --------------------------------------------------------------------------- tonic wrappers

@@ -262,7 +262,10 @@ def load_dataset(
       real sets given without a PATH are looked for in ``root/NAME``.
     - ``split`` (emnist: byclass, bymerge, balanced, letters, digits, mnist),
       ``labels`` (cifar100: fine, coarse), ``resplit`` (nmnist: a fraction as a
-      string, e.g. "0.2", pools Train and Test and splits them again by seed).
+      string, e.g. "0.2", pools Train and Test and splits them again by seed;
+      ``kfold``, a count, e.g. 5, pools them into that many
+      stratified folds and tests on fold ``seed % k``: seeds 0..k-1 are one
+      k-fold cross-validation).
     - ``validation`` (any set; a fraction, e.g. "0.2" or 0.2): hold out that
       stratified share of the training set, by seed, and evaluate on it instead of
       the test set, which stays unseen: the split to tune recipes on.
