@@ -73,7 +73,7 @@ def what_seeds_draw(runs) -> str:
     """How seeds differ: each its own initialisation and data order, and its own
     split or, under the data option ``kfold``, its own fold."""
     folds = {str(r.cfg.get("data_options", {}).get("kfold") or "").strip() for r in runs} - {""}
-    if len(folds) == 1:
+    if len(folds) == 1 and next(iter(folds)).isdecimal():  # a bad value fails the runs themselves, not this line
         k = folds.pop()
         return (
             f"seed s tests fold s mod {k} of a stratified {k}-fold partition of the data, so seeds 0-{int(k) - 1} "

@@ -146,6 +146,9 @@ def test_tables_and_verdicts_from_runs(tmp_path):
         r.cfg["data_options"] = {"resplit": "", "kfold": 5}
     assert what_seeds_draw(runs).startswith("seed s tests fold s mod 5 of a stratified 5-fold partition")
     assert "seeds 0-4 test every sample once" in what_seeds_draw(runs)
+    for r in runs:  # runs that failed on a bad value: the table still renders
+        r.cfg["data_options"] = {"kfold": "five"}
+    assert what_seeds_draw(runs).startswith("each seed draws")
     text = " ".join(verdicts(rows, 0.95))
     assert "within 0.5 points of dense (0.50 points below dense)" in text  # 0.910 - 0.905
     assert "chsnn beats set (+3.50 points; std up to 1.41; ahead on 2 of 2 seeds)" in text
