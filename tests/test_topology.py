@@ -6,6 +6,7 @@ import torch
 
 from chsnn.sparse import EngineConfig, UpdateContext, strategies, topology
 from chsnn.sparse.context import target_links
+from chsnn.sparse.errors import ConfigError
 
 B = torch.bool
 
@@ -208,6 +209,44 @@ def test_kernel_regrowth_regrows_the_same_count_in_every_kernel():
     ctx = ctx_for(after, kind="kernel", kernel_size=4, density=0.5, removed=removed)
     regrown = topology.regrowth(ctx, scores).reshape(-1, 4)
     assert regrown.tolist() == [[False, False, False, True]] * 4  # one per kernel, its best candidate (not the removed 1)
+
+
+def test_a_random_share_of_regrowth_reaches_positions_the_scores_never_pick():
+    # CH3-L3 scores 0 wherever no length-3 path reaches: here columns 4-9.
+    after = torch.zeros(6, 10, dtype=B)
+    removed = torch.zeros(6, 10, dtype=B)
+    scores = torch.zeros(6, 10, dtype=torch.float64)
+    scores[:, :4] = torch.arange(1, 25, dtype=torch.float64).reshape(6, 4)
+    n = 12
+    by_score = topology.regrowth(ctx_for(after, density=n / 60, removed=removed), scores)
+    assert int(by_score.sum()) == n and not by_score[:, 4:].any()
+    reached = torch.zeros(6, 10, dtype=B)
+    for seed in range(5):
+        ctx = ctx_for(after, density=n / 60, removed=removed, seed=seed, regrow_random_share=0.5)
+        mixed = topology.regrowth(ctx, scores)
+        assert int(mixed.sum()) == n
+        best = scores.reshape(-1).topk(n - 6).indices
+        assert bool(mixed.reshape(-1)[best].all())  # the scored half is the six best
+        reached |= mixed
+    assert reached[:, 4:].any()  # the random half lands where the scores are 0
+    assert torch.equal(topology.regrowth(ctx_for(after, density=n / 60, removed=removed, regrow_random_share=0.0), scores), by_score)
+
+
+def test_a_random_share_in_kernel_regrowth_keeps_the_count_per_kernel():
+    after = torch.zeros(2, 16, dtype=B)  # 8 kernels of 4 positions
+    after.view(-1, 4)[:, 0] = True
+    removed = torch.zeros(2, 16, dtype=B)
+    scores = torch.arange(32, dtype=torch.float64).reshape(2, 16)
+    ctx = ctx_for(after, kind="kernel", kernel_size=4, density=0.75, removed=removed, regrow_random_share=0.5)
+    regrown = topology.regrowth(ctx, scores).reshape(-1, 4)
+    assert regrown.sum(1).tolist() == [2] * 8 and not (regrown & after.view(-1, 4)).any()
+    assert bool(regrown[:, 3].all())  # the one link by score is each kernel's best
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, "half"])
+def test_a_random_share_outside_0_1_fails_naming_the_option(share):
+    with pytest.raises(ConfigError, match="regrow_random_share"):
+        EngineConfig.from_dict({"method": "chsnn", "regrow_random_share": share})
 
 
 # Row groups --------------------------------------------------------------------------

@@ -106,6 +106,10 @@ class EngineConfig:
     chain_removal: bool | None = None
     chain: str | list = "auto"  # "auto", "none", or explicit [[layer_a, layer_b], ...]
     regrow_removed: bool | None = None
+    # Share of each update's regrown links drawn uniformly at random from the
+    # candidates, the rest by the regrowth scores. CH3-L3 scores 0 wherever no
+    # length-3 path reaches, so without a share an unlinked input stays unlinked.
+    regrow_random_share: float = 0.0
     soft_regrowth: bool | None = None
     soft_temperature: list[float] = field(default_factory=lambda: [1.0, 3.0])
     sscti_soft: bool = False
@@ -188,6 +192,8 @@ class EngineConfig:
             bad("zeta", "it must be in [0, 1] (the fraction of links replaced per update)")
         if not 0.0 < self.early_stop_overlap <= 1.0:
             bad("early_stop_overlap", "it must be in (0, 1]")
+        if not 0.0 <= self.regrow_random_share <= 1.0:
+            bad("regrow_random_share", "it must be in [0, 1] (the share of regrown links drawn at random; 0: all by score)")
         if self.lrs_alpha < 0 or self.lrs_alpha > 1:
             bad("lrs_alpha", "it must be in [0, 1] (weight of magnitude against relative importance)")
         if self.rigl_accumulation < 1:

@@ -128,10 +128,13 @@ def regrowth(ctx: UpdateContext, scores: torch.Tensor | None) -> torch.Tensor:
     Candidates are the absent positions, without the links just removed
     (``ctx.removed``) unless ``config.regrow_removed`` or too few remain.
     The highest ``scores`` win (random ties; ``None``: uniformly at random),
-    or with ``config.soft_regrowth`` they are sampled by score. Kernel layers
-    regrow the same count in every kernel."""
+    or with ``config.soft_regrowth`` they are sampled by score; with
+    ``config.regrow_random_share`` that share of the links is then drawn
+    uniformly from the candidates left. Kernel layers regrow the same count
+    in every kernel."""
     after = ctx.mask
     candidates = ~after if ctx.config.regrow_removed else ~after & ~ctx.removed
+    share = ctx.config.regrow_random_share if scores is not None else 0.0
     if ctx.kind == KERNEL:
         rows_after = ctx.as_kernels(after)
         n = ctx.per_kernel - count(rows_after[0])
@@ -139,13 +142,22 @@ def regrowth(ctx: UpdateContext, scores: torch.Tensor | None) -> torch.Tensor:
         if int(rows_cand.sum(1).min()) < n:  # a kernel has too few: allow re-growing removed
             rows_cand = ~rows_after
         kscores = None if scores is None else ctx.as_kernels(scores)
-        return ctx.as_2d(select_top_per_row(kscores, rows_cand, n, ctx.generator))
+        n_random = round(share * n)
+        chosen = select_top_per_row(kscores, rows_cand, n - n_random, ctx.generator)
+        if n_random:
+            chosen |= select_top_per_row(None, rows_cand & ~chosen, n_random, ctx.generator)
+        return ctx.as_2d(chosen)
     n = ctx.n_links - count(after)
     if count(candidates) < n:
         candidates = ~after
+    n_random = round(share * n)
     if ctx.config.soft_regrowth and scores is not None:
-        return sample_weighted(scores, candidates, n, ctx.generator)
-    return select_top(scores, candidates, n, ctx.generator)
+        chosen = sample_weighted(scores, candidates, n - n_random, ctx.generator)
+    else:
+        chosen = select_top(scores, candidates, n - n_random, ctx.generator)
+    if n_random:
+        chosen |= select_top(None, candidates & ~chosen, n_random, ctx.generator)
+    return chosen
 
 
 def groups_emptied(groups: torch.Tensor, links_then: torch.Tensor, links_now: torch.Tensor) -> torch.Tensor:
