@@ -355,3 +355,22 @@ def test_correlation_sums_of_spike_counts_equal_float64_to_the_last_bit():
     rates = torch.rand(500, 40, generator=g)  # not whole numbers: float64 throughout
     total, gram = sums_and_gram(rates)
     assert torch.equal(gram, rates.double().T @ rates.double())
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_a_random_share_of_regrowth_links_inputs_that_ch3_never_reaches(share):
+    # SSCTI leaves the inputs that never varied at calibration unlinked, and
+    # CH3-L3 scores 0 at every position of an unlinked input.
+    torch.manual_seed(0)
+    x = torch.rand(256, 60)
+    x[:, :30] = 0.0
+    model = nn.Sequential(nn.Linear(60, 20), nn.ReLU(), nn.Linear(20, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    cfg = {"method": "chsnn", "sparsity": 0.8, "update_interval": 0, "zeta": 0.3, "regrow_random_share": share}
+    engine = SparseEngine(model, opt, cfg, calibration=[x])
+    assert not bool(engine.mask("0")[:, :30].any())
+    for _ in range(3):
+        engine.update_topology()
+    mask = engine.mask("0")
+    assert int(mask.sum()) == round(0.2 * 60 * 20)
+    assert bool(mask[:, :30].any()) == (share > 0)
