@@ -222,6 +222,37 @@ def test_fashion_mnist_official_split_from_synthetic_files(tmp_path):
     assert y == 3 and x.shape == (1, 28, 28) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
 
 
+@pytest.mark.parametrize("parts", [("train", "t10k"), ("t10k",)])
+def test_mnist_kfold_tests_every_image_once_over_k_seeds(tmp_path, parts):
+    # Each image carries its own number in its first two pixels.
+    sizes = {"train": 100, "t10k": 50}
+    start = 0
+    for part in parts:
+        n = sizes[part]
+        img = np.zeros((n, 28, 28), np.uint8)
+        img[:, 0, 0], img[:, 0, 1] = (np.arange(start, start + n) % 256), (np.arange(start, start + n) // 256)
+        write_idx(tmp_path / f"{part}-images-idx3-ubyte", img)
+        write_idx(tmp_path / f"{part}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+        start += n
+
+    def numbers(ds):
+        pixels = (ds.data[:, 0, 0, :2]).long()
+        return (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
+
+    folds = [load_dataset(f"mnist:{tmp_path}", kfold="5", seed=s) for s in range(5)]
+    tested = sorted(i for b in folds for i in numbers(b.test))
+    assert tested == list(range(start))  # every image tested exactly once
+    for b in folds:
+        assert len(b.test) == start // 5 and set(numbers(b.train)).isdisjoint(numbers(b.test)) and "5-fold" in b.note
+        assert np.bincount(b.test.targets.numpy(), minlength=10).min() > 0  # stratified
+    assert numbers(load_dataset(f"mnist:{tmp_path}", kfold=5, seed=5).test) != numbers(folds[0].test)  # a new partition
+    for bad in ("1", "five", 2.5, True):
+        with pytest.raises(ValueError, match="kfold="):
+            load_dataset(f"mnist:{tmp_path}", kfold=bad)
+    with pytest.raises(ValueError, match="more folds than the"):
+        load_dataset(f"mnist:{tmp_path}", kfold="1000")
+
+
 def test_emnist_split_option_and_orientation(tmp_path):
     img = np.zeros((2, 28, 28), np.uint8)
     img[:, 0, :] = 255  # stored transposed: the first stored row is the first column

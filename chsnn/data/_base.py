@@ -229,6 +229,27 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
+def parse_kfold(value: int | str) -> int:
+    """The data option ``kfold``: a whole number of folds >= 2, given as a
+    number or as its decimal string (configs and ``--set`` give strings)."""
+    if isinstance(value, str):
+        folds = int(value) if value.strip().isdecimal() else 0
+    else:
+        folds = value if isinstance(value, int) and not isinstance(value, bool) else 0
+    if folds < 2:
+        raise ValueError(f"option kfold={value!r} must be a whole number of folds >= 2, e.g. kfold=5")
+    return folds
+
+
+def kfold_split(labels: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Train and test indices of seed ``seed`` under the data option ``kfold``:
+    fold ``seed % folds`` tested, the stratified folds drawn with ``seed //
+    folds`` (so seeds 0..folds-1 test every sample once), and how, for the note."""
+    fold_of = stratified_folds(labels, folds, seed // folds)
+    tr, te = np.flatnonzero(fold_of != seed % folds), np.flatnonzero(fold_of == seed % folds)
+    return tr, te, f"{folds}-fold cross-validation: fold {seed % folds} tested, stratified folds drawn with seed {seed // folds}"
+
+
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
     """The cache directory: ``root``, else ``$CHSNN_CACHE``, else ``~/.cache/chsnn``."""
     if root is None:

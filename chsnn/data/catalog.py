@@ -51,8 +51,8 @@ def load_ndigits(request: DataRequest):
     n_classes=10,
     kind="static",
 )
-def load_mnist(request: DataRequest):
-    return load_idx_bundle("mnist", request.directory, seed=request.seed)
+def load_mnist(request: DataRequest, *, kfold: int = 0):
+    return load_idx_bundle("mnist", request.directory, seed=request.seed, kfold=kfold)
 
 
 @register_dataset(
@@ -63,8 +63,8 @@ def load_mnist(request: DataRequest):
     n_classes=10,
     kind="static",
 )
-def load_fashion_mnist(request: DataRequest):
-    return load_idx_bundle("fashion-mnist", request.directory, seed=request.seed)
+def load_fashion_mnist(request: DataRequest, *, kfold: int = 0):
+    return load_idx_bundle("fashion-mnist", request.directory, seed=request.seed, kfold=kfold)
 
 
 @register_dataset(
@@ -74,8 +74,8 @@ def load_fashion_mnist(request: DataRequest):
     n_classes=47,
     kind="static",  # classes of the default split
 )
-def load_emnist(request: DataRequest, *, split: str = "balanced"):
-    return load_idx_bundle("emnist", request.directory, seed=request.seed, split=split)
+def load_emnist(request: DataRequest, *, split: str = "balanced", kfold: int = 0):
+    return load_idx_bundle("emnist", request.directory, seed=request.seed, split=split, kfold=kfold)
 
 
 @register_dataset(

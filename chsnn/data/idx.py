@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chsnn.data._base import DataBundle, DataError, missing_files, stratified_split, uint8_image_bundle
+from chsnn.data._base import DataBundle, DataError, kfold_split, missing_files, parse_kfold, stratified_split, uint8_image_bundle
 
 # IDX type codes: numpy dtype (big-endian where it matters).
 _IDX_TYPES = {
@@ -115,10 +115,16 @@ _SOURCES = {
 _TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "emnist": "EMNIST"}
 
 
-def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "balanced") -> DataBundle:
+def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "balanced", kfold: int | str = 0) -> DataBundle:
     """MNIST / Fashion-MNIST / EMNIST from ``directory`` (or its ``raw/`` or
     ``gzip/`` subfolder). With only the t10k files present, MNIST-style sets split
-    those 80/20 (stratified, seeded) and say so in the note."""
+    those 80/20 (stratified, seeded) and say so in the note.
+
+    ``kfold`` (a count, e.g. 5): pool the images found (train and test, or
+    t10k alone), deal them into that many stratified folds and test on fold
+    ``seed % k``, the folds drawn with ``seed // k``: seeds 0..k-1 are one
+    k-fold cross-validation that tests every image once."""
+    folds = parse_kfold(kfold) if kfold else 0  # checked before any file is read
     directory = Path(directory).expanduser()
     if name == "emnist":
         if split not in EMNIST_SPLITS:
@@ -152,16 +158,26 @@ def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "bal
             x = np.ascontiguousarray(x.transpose(0, 2, 1))  # EMNIST stores images transposed
         return x, y
 
+    full_title = f"{title}{' ' + split if name == 'emnist' else ''}"
     if have["train"] and have["test"]:
         (x_tr, y_tr), (x_te, y_te) = pair("train"), pair("test")
-        note = f"{title}{' ' + split if name == 'emnist' else ''}: official split {len(x_tr)}/{len(x_te)}"
+        note = f"{full_title}: official split {len(x_tr)}/{len(x_te)}"
+        if folds:
+            x, y, pooled = np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]), "train and test pooled"
     elif have["test"] and name != "emnist":
         x, y = pair("test")
         tr, te = stratified_split(y, 0.2, seed)
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
         note = f"{title} t10k only: split {len(tr)}/{len(te)} (seed {seed})"
+        pooled = "t10k only"
     else:
         missing = [s + "[.gz]" for part in ("train", "test") for s, f in zip(stems[part], found[part]) if f is None]
         raise missing_files(title, directory, missing, _SOURCES[name], spec_name=name)
+    if folds:
+        if folds > len(y):
+            raise ValueError(f"{name}: kfold={kfold} asks for more folds than the {len(y)} images in {directory}")
+        tr, te, how = kfold_split(y, folds, seed)
+        x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
+        note = f"{full_title}, {pooled}: split {len(tr)}/{len(te)} ({how})"
 
     return uint8_image_bundle(name, (x_tr[:, None], y_tr), (x_te[:, None], y_te), (1, 28, 28), n_classes, note, list(classes))

@@ -22,9 +22,10 @@ from chsnn.data._base import (
     DataBundle,
     DataError,
     MissingDataError,
+    kfold_split,
     missing_files,
     parse_fraction,
-    stratified_folds,
+    parse_kfold,
     stratified_split,
 )
 from chsnn.data.frames import events_to_frames
@@ -144,7 +145,7 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
             "nmnist: give resplit= or kfold=, not both (kfold= already splits Train and Test pooled); "
             "to cross-validate with a config that sets resplit, clear it: --set data_options.resplit="
         )
-    folds = _parse_kfold(kfold) if kfold else 0  # checked before any file is read
+    folds = parse_kfold(kfold) if kfold else 0  # checked before any file is read
     directory = Path(directory).expanduser()
     base = directory / "NMNIST" if not (directory / "Train").is_dir() and (directory / "NMNIST").is_dir() else directory
     parts = {}
@@ -173,9 +174,7 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
         if folds:
             if folds > len(files):
                 raise ValueError(f"nmnist: kfold={kfold} asks for more folds than the {len(files)} recordings in {base}")
-            fold_of = stratified_folds(np.asarray(labels), folds, seed // folds)
-            tr, te = np.flatnonzero(fold_of != seed % folds), np.flatnonzero(fold_of == seed % folds)
-            how = f"{folds}-fold cross-validation: fold {seed % folds} tested, stratified folds drawn with seed {seed // folds}"
+            tr, te, how = kfold_split(np.asarray(labels), folds, seed)
         else:
             tr, te = stratified_split(np.asarray(labels), parse_fraction("resplit", resplit), seed)
             how = f"stratified, seed {seed}"
@@ -201,16 +200,6 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
         note=note,
         classes=[str(i) for i in range(10)],
     )
-
-
-def _parse_kfold(value: int | str) -> int:
-    if isinstance(value, str):
-        folds = int(value) if value.strip().isdecimal() else 0
-    else:
-        folds = value if isinstance(value, int) and not isinstance(value, bool) else 0
-    if folds < 2:
-        raise ValueError(f"option kfold={value!r} must be a whole number of folds >= 2, e.g. kfold=5")
-    return folds
 
 
 # --------------------------------------------------------------------------- tonic wrappers
