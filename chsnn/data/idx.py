@@ -166,10 +166,11 @@ def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "bal
             x, y, pooled = np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]), "train and test pooled"
     elif have["test"] and name != "emnist":
         x, y = pair("test")
-        tr, te = stratified_split(y, 0.2, seed)
-        x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
-        note = f"{title} t10k only: split {len(tr)}/{len(te)} (seed {seed})"
         pooled = "t10k only"
+        if not folds:
+            tr, te = stratified_split(y, 0.2, seed)
+            x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
+            note = f"{title} t10k only: split {len(tr)}/{len(te)} (seed {seed})"
     else:
         missing = [s + "[.gz]" for part in ("train", "test") for s, f in zip(stems[part], found[part]) if f is None]
         raise missing_files(title, directory, missing, _SOURCES[name], spec_name=name)
