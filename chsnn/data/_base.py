@@ -241,10 +241,14 @@ def parse_kfold(value: int | str) -> int:
     return folds
 
 
-def kfold_split(labels: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def kfold_split(labels: np.ndarray, folds: int, seed: int, dataset: str, samples: str) -> tuple[np.ndarray, np.ndarray, str]:
     """Train and test indices of seed ``seed`` under the data option ``kfold``:
     fold ``seed % folds`` tested, the stratified folds drawn with ``seed //
-    folds`` (so seeds 0..folds-1 test every sample once), and how, for the note."""
+    folds`` (so seeds 0..folds-1 test every sample once), and how, for the note.
+    More folds than samples fails naming ``dataset`` and what the ``samples``
+    are (e.g. "recordings in DIR")."""
+    if folds > len(labels):
+        raise ValueError(f"{dataset}: kfold={folds} asks for more folds than the {len(labels)} {samples}")
     fold_of = stratified_folds(labels, folds, seed // folds)
     tr, te = np.flatnonzero(fold_of != seed % folds), np.flatnonzero(fold_of == seed % folds)
     return tr, te, f"{folds}-fold cross-validation: fold {seed % folds} tested, stratified folds drawn with seed {seed // folds}"

@@ -175,9 +175,7 @@ def load_idx_bundle(name: str, directory: Path, seed: int = 0, split: str = "bal
         missing = [s + "[.gz]" for part in ("train", "test") for s, f in zip(stems[part], found[part]) if f is None]
         raise missing_files(title, directory, missing, _SOURCES[name], spec_name=name)
     if folds:
-        if folds > len(y):
-            raise ValueError(f"{name}: kfold={kfold} asks for more folds than the {len(y)} images in {directory}")
-        tr, te, how = kfold_split(y, folds, seed)
+        tr, te, how = kfold_split(y, folds, seed, name, f"images in {directory}")
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
         note = f"{full_title}, {pooled}: split {len(tr)}/{len(te)} ({how})"
 

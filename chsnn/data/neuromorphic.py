@@ -172,9 +172,7 @@ def load_nmnist_bundle(directory: Path, time_steps: int = 8, seed: int = 0, resp
         files = parts["Train"][0] + parts["Test"][0]
         labels = parts["Train"][1] + parts["Test"][1]
         if folds:
-            if folds > len(files):
-                raise ValueError(f"nmnist: kfold={kfold} asks for more folds than the {len(files)} recordings in {base}")
-            tr, te, how = kfold_split(np.asarray(labels), folds, seed)
+            tr, te, how = kfold_split(np.asarray(labels), folds, seed, "nmnist", f"recordings in {base}")
         else:
             tr, te = stratified_split(np.asarray(labels), parse_fraction("resplit", resplit), seed)
             how = f"stratified, seed {seed}"
