@@ -101,6 +101,9 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         )
     if summary.get("dense_output"):
         lines.append(f"  {summary['dense_output']:<30} (output layer, dense)")
+    redrawn = next((layer.get("reinitialised_at_step") for layer in summary["layers"] if layer.get("reinitialised_at_step")), None)
+    if redrawn:
+        lines.append(f"  initialisation drawn again at step {redrawn} (reinit_fraction); turnover counts from there")
     lines.append(f"  run directory: {out_dir}")
     return "\n".join(lines)
 

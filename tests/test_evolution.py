@@ -374,3 +374,87 @@ def test_a_random_share_of_regrowth_links_inputs_that_ch3_never_reaches(share):
     mask = engine.mask("0")
     assert int(mask.sum()) == round(0.2 * 60 * 20)
     assert bool(mask[:, :30].any()) == (share > 0)
+
+
+def _features_then_sparse(silent_from: int):
+    """A dense feature layer ("0") feeding a sparse one ("2"): features
+    ``silent_from`` and on are silent (ReLU of a negative bias) until
+    "training" turns them on."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+    with torch.no_grad():
+        model[0].bias[silent_from:] = -100.0
+    return model
+
+
+def test_reinit_fraction_draws_the_topology_again_on_the_trained_features():
+    model = _features_then_sparse(silent_from=20)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    cfg = {"method": "chsnn", "sparsity": 0.8, "update_interval": 0, "exclude": ["0"], "total_steps": 10, "reinit_fraction": 0.4}
+    data = batches(4, seed=3)
+    engine = SparseEngine(model, opt, cfg, calibration=data)
+    assert engine.config.reinit_step == 4
+    # SSCTI on the untrained features: the silent ones get no link
+    assert not bool(engine.mask("2")[:, 20:].any())
+    train(model, opt, data[:3])
+    with torch.no_grad():  # what training would do: the silent features come on
+        model[0].bias[20:] = 0.5
+    initial = engine.mask("2").clone()
+    assert engine.reinitialised_at is None
+    train(model, opt, data[3:])  # step 4: the second draw
+    assert engine.reinitialised_at == 4
+    mask = engine.mask("2")
+    assert bool(mask[:, 20:].any()), "the second draw sees the features that came on"
+    assert not torch.equal(mask, initial)
+    assert int(mask.sum()) == round(0.2 * 40 * 30)
+    weight = engine.by_name["2"].weight.detach()
+    assert bool((weight[~mask] == 0).all()) and bool((weight[mask] != 0).all())
+    state = opt.state[engine.by_name["2"].weight]
+    assert float(state["exp_avg"].abs().sum()) == 0.0 and float(state["exp_avg_sq"].abs().sum()) == 0.0
+    summary = engine.topology_summary()["2"]
+    assert summary["reinitialised_at_step"] == 4 and summary["turnover"] == 0.0
+    # and a resumed engine knows it happened
+    resumed = SparseEngine(_features_then_sparse(20), None, cfg, calibration=data)
+    resumed.load_state_dict(engine.state_dict())
+    assert resumed.reinitialised_at == 4 and torch.equal(resumed.mask("2"), mask)
+
+
+def test_without_reinit_fraction_the_initialisation_is_drawn_once():
+    model = _features_then_sparse(silent_from=20)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    data = batches(4, seed=3)
+    cfg = {"method": "chsnn", "sparsity": 0.8, "update_interval": 0, "exclude": ["0"], "total_steps": 10}
+    engine = SparseEngine(model, opt, cfg, calibration=data)
+    initial = engine.mask("2").clone()
+    with torch.no_grad():
+        model[0].bias[20:] = 0.5
+    train(model, opt, data)
+    assert engine.config.reinit_step is None and engine.reinitialised_at is None
+    assert torch.equal(engine.mask("2"), initial)
+    assert engine.topology_summary()["2"]["reinitialised_at_step"] is None
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"reinit_fraction": 1.0, "total_steps": 10}, "reinit_fraction=1.0 is not allowed"),
+        ({"reinit_fraction": -0.1, "total_steps": 10}, "reinit_fraction=-0.1 is not allowed"),
+        ({"reinit_fraction": "half", "total_steps": 10}, "reinit_fraction='half' is not allowed"),
+        ({"reinit_fraction": 0.1}, "reinit_fraction need total_steps"),
+    ],
+)
+def test_bad_reinit_fraction_fails_naming_the_option(options, message):
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig.from_dict({"method": "chsnn", **options})
+
+
+def test_a_run_with_reinit_fraction_reports_the_step_of_the_second_draw(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", "snn-mlp", "--set", "model_options.hidden=[64]", "--set", "batch_size=128"]
+    args += ["--set", "time_steps=4", "--epochs", "2", "--method", "chsnn", "--sparsity", "0.9"]
+    args += ["--set", "engine.reinit_fraction=0.5", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert all(layer["reinitialised_at_step"] == round(0.5 * steps) for layer in summary["layers"])
+    assert f"initialisation drawn again at step {round(0.5 * steps)}" in capsys.readouterr().out

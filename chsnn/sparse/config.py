@@ -115,6 +115,11 @@ class EngineConfig:
     sscti_soft: bool = False
     sscti_per_neuron: bool = False  # the same number of top links for every output neuron, not a global top-k
     sscti_cover_inputs: bool = False  # every varying input keeps a link (CH3 never regrows into an isolated one)
+    # Draw the initial topology and weights again, on a fresh calibration,
+    # after this fraction of training (0: never; needs total_steps). For
+    # layers fed by learned features (a CNN's FC layers), whose correlations
+    # at step 0 are those of untrained features.
+    reinit_fraction: float = 0.0
     lrs_alpha: float = 0.5
     mest_grad_coeff: float = 0.01
     rigl_accumulation: int = 1
@@ -194,6 +199,8 @@ class EngineConfig:
             bad("early_stop_overlap", "it must be in (0, 1]")
         if not 0.0 <= self.regrow_random_share <= 1.0:
             bad("regrow_random_share", "it must be in [0, 1] (the share of regrown links drawn at random; 0: all by score)")
+        if not 0.0 <= self.reinit_fraction < 1.0:
+            bad("reinit_fraction", "it must be in [0, 1) (the fraction of training after which the initialisation is redrawn; 0: never)")
         if self.lrs_alpha < 0 or self.lrs_alpha > 1:
             bad("lrs_alpha", "it must be in [0, 1] (weight of magnitude against relative importance)")
         if self.rigl_accumulation < 1:
@@ -217,6 +224,8 @@ class EngineConfig:
         if len(self.soft_temperature) != 2 or min(self.soft_temperature) <= 0:
             bad("soft_temperature", "give [start, end], both > 0")
         needs_total = []
+        if self.reinit_fraction > 0:
+            needs_total.append("reinit_fraction")
         if self.zeta_schedule == "cosine" and self.end_step is None:
             needs_total.append("zeta_schedule=cosine")
         if self.density_schedule == "sigmoid":
@@ -245,6 +254,13 @@ class EngineConfig:
                     bad("hebb", f"hebb.{key} must be {what}")
 
     # Schedules -------------------------------------------------------------
+
+    @property
+    def reinit_step(self) -> int | None:
+        """The step at which ``reinit_fraction`` draws the initialisation again (None: never)."""
+        if not self.reinit_fraction or not self.total_steps:
+            return None
+        return max(1, round(self.reinit_fraction * self.total_steps))
 
     def zeta_at(self, step: int) -> float:
         if self.zeta_schedule == "cosine":  # to 0 at end_step (or at total_steps)

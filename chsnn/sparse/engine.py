@@ -124,6 +124,8 @@ class SparseEngine:
         self.spiking = bool(getattr(model, "spiking", False))
         # Turnover bookkeeping: each layer's initial mask.
         self.initial_masks: dict[str, torch.Tensor] = {}
+        # Step of the second initialisation (reinit_fraction), once it ran.
+        self.reinitialised_at: int | None = None
         self.calibration_data = CalibrationData.cache(calibration, self.device, cfg, self.spiking, self.sync.reduce_counts)
         self.calibration = self.calibration_data.batches if self.calibration_data else None
         layout.check_calibration(cfg, self.calibration)
@@ -275,9 +277,22 @@ class SparseEngine:
             self.hebb.apply(self.step_count)
         if self.remask_weights:
             self.apply_masks()
-        if self.update_due(self.step_count):
+        if self.step_count == self.config.reinit_step:
+            self.reinitialise()
+        elif self.update_due(self.step_count):
             self.update_topology()
         self._arm_rigl()
+
+    def reinitialise(self) -> None:
+        """Draw the sparse layers' topology and weights again, on the trained
+        model's calibration activity, with fresh optimizer state; early stop
+        and turnover start again from the new topology."""
+        self._initialise()
+        for t in self.targets:
+            masking.zero_optimizer_state(self.optimizer, t, torch.ones_like(t.weight, dtype=torch.bool))
+        self._rigl_acc.clear()
+        self.frozen.clear()
+        self.reinitialised_at = self.step_count
 
     @property
     def remask_weights(self) -> bool:
@@ -471,7 +486,7 @@ class SparseEngine:
         (early stop; None if it never did), its updates and the
         removed/regrown overlap of each."""
         masks = {t.name: masking.mask_of(t) for t in self.targets} if self.sparse else None
-        return summary.topology_summary(self.targets, self.records, self.initial_masks, masks)
+        return summary.topology_summary(self.targets, self.records, self.initial_masks, masks, self.reinitialised_at)
 
     def percolation(self) -> float:
         """Fraction of the sparse linear layers' output neurons still linked."""
@@ -504,6 +519,7 @@ class SparseEngine:
             "rigl_acc": {k: v.detach().cpu().clone() for k, v in self._rigl_acc.items()},
             "hebb": self.hebb.state_dict() if self.hebb is not None else {},
             "records": copy.deepcopy(self.records),
+            "reinitialised_at": self.reinitialised_at,
         }
 
     @torch.no_grad()
@@ -526,3 +542,4 @@ class SparseEngine:
         if self.hebb is not None:
             self.hebb.load_state_dict(state["hebb"], self.device)
         self.records = copy.deepcopy(state["records"])
+        self.reinitialised_at = state.get("reinitialised_at")

@@ -53,11 +53,15 @@ def active_groups(groups: torch.Tensor, mask: torch.Tensor) -> dict:
     return {"active": count(alive), "total": groups.shape[0], "alive": alive.tolist()}
 
 
-def topology_summary(targets: list[SparseTarget], records: list[dict], initial: dict, masks: dict | None) -> dict[str, dict]:
+def topology_summary(
+    targets: list[SparseTarget], records: list[dict], initial: dict, masks: dict | None, reinitialised_at: int | None = None
+) -> dict[str, dict]:
     """Per layer, how far its topology evolved: ``turnover`` (the fraction of
     its ``initial`` links not in ``masks``, now; 0 without masks), the step
     it froze (early stop; None if it never did), its updates and the
-    removed/regrown overlap of each."""
+    removed/regrown overlap of each; after a second initialisation at step
+    ``reinitialised_at``, of the topology drawn then."""
+    records = [r for r in records if r["step"] > (reinitialised_at or 0)]
     out = {}
     frozen_at = {rec["name"]: r["step"] for r in records for rec in r["layers"] if rec["frozen"]}
     for t in targets:
@@ -71,6 +75,7 @@ def topology_summary(targets: list[SparseTarget], records: list[dict], initial: 
             "frozen_at_step": frozen_at.get(t.name),
             "updates": len(overlaps),
             "overlaps": overlaps,
+            "reinitialised_at_step": reinitialised_at,
         }
     return out
 
