@@ -39,6 +39,7 @@ def make_summary(runner, history: list, wall: float) -> dict:
         "layers": layers,
         "dense_output": engine.dense_output,
         "topology_updates": engine.n_updates,
+        "reinitialised_at_step": engine.reinitialised_at,  # reinit_fraction's second draw (None: none)
         "heads": attention_heads(engine),
         "wall_seconds": wall,
         "device": str(runner.device),
@@ -101,7 +102,7 @@ def summary_screen(summary: dict, out_dir: Path) -> str:
         )
     if summary.get("dense_output"):
         lines.append(f"  {summary['dense_output']:<30} (output layer, dense)")
-    redrawn = next((layer.get("reinitialised_at_step") for layer in summary["layers"] if layer.get("reinitialised_at_step")), None)
+    redrawn = summary.get("reinitialised_at_step")
     if redrawn:
         lines.append(f"  initialisation drawn again at step {redrawn} (reinit_fraction); turnover counts from there")
     lines.append(f"  run directory: {out_dir}")

@@ -75,7 +75,6 @@ def topology_summary(
             "frozen_at_step": frozen_at.get(t.name),
             "updates": len(overlaps),
             "overlaps": overlaps,
-            "reinitialised_at_step": reinitialised_at,
         }
     return out
 
