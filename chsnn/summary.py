@@ -39,10 +39,12 @@ def make_summary(runner, history: list, wall: float) -> dict:
         "layers": layers,
         "dense_output": engine.dense_output,
         "topology_updates": engine.n_updates,
+        "update_interval": engine.config.update_interval,  # steps between updates, as resolved for this run
         "reinitialised_at_step": engine.reinitialised_at,  # reinit_fraction's second draw (None: none)
         "heads": attention_heads(engine),
         "wall_seconds": wall,
         "device": str(runner.device),
+        "machine": machine_name(),  # tables rebuilt elsewhere later must still name the machine that trained
         "precision": runner.precision,
         "world_size": runner.world,
         "ranks_agree": distributed.ranks_agree(engine, runner.model),
@@ -54,6 +56,17 @@ def make_summary(runner, history: list, wall: float) -> dict:
     for key in ("macs_per_sample", "energy_pj_per_sample", "dense_energy_pj_per_sample"):
         summary[key] = last.get(key)
     return summary
+
+
+def machine_name() -> str:
+    """The CPU, its core count and torch's version: what a result was measured on."""
+    import os
+
+    import torch
+
+    from chsnn.bench import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def attention_heads(engine: SparseEngine) -> dict:

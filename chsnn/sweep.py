@@ -14,6 +14,7 @@ A grid names a base config and the variants to compare::
       set: {method: set}
       hebb-set: {method: set, hebb: {}}
       chsnn: {method: chsnn}
+    compare: [hebb-set]              # optional: methods that, like chsnn, get a table against every other
     ablation:                        # optional: variants at one sparsity, against the first
       sparsity: 0.95
       variants:
@@ -55,7 +56,7 @@ from chsnn.sweep_results import (  # noqa: F401  (the sweep API, importable from
     write_results,
 )
 
-GRID_KEYS = {"name", "title", "config", "set", "out", "seeds", "sparsities", "methods", "ablation"}
+GRID_KEYS = {"name", "title", "config", "set", "out", "seeds", "sparsities", "methods", "ablation", "compare"}
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
@@ -108,6 +109,10 @@ def load_grid(path) -> dict:
         if not isinstance(s, (int, float)) or not 0 <= s < 1:
             raise ConfigError(f"sweep grid {path}: sparsity {s!r} must be a number in [0, 1)")
     _check_variants(path, "methods", grid["methods"])
+    # compare: further methods to set against every other, as CH-SNN is (a variant chosen on validation)
+    grid.setdefault("compare", [])
+    if not isinstance(grid["compare"], list) or not all(label in grid["methods"] for label in grid["compare"]):
+        raise ConfigError(f"sweep grid {path}: compare must be a list of labels from methods ({', '.join(grid['methods'])})")
     ablation = grid.get("ablation")
     if ablation is not None:
         if not isinstance(ablation, dict) or set(ablation) - {"sparsity", "variants"} or "variants" not in ablation:

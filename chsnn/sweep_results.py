@@ -272,21 +272,56 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
     }
     extra = f"; engine options shared by all methods: {engine}" if engine else ""
     min_steps = cfg.get("min_update_steps", DEFAULTS["min_update_steps"])
-    spacing = f" (min_update_steps {min_steps})" if min_steps != DEFAULTS["min_update_steps"] else ""
     return (
         f"model `{cfg['model']}` {cfg.get('model_options') or ''}, data `{cfg['data']}`, {cfg['time_steps']} time steps, "
         f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), "
-        f"{cfg.get('updates_per_epoch', 1)} topology update(s) per epoch{spacing}{extra}"
+        f"topology updates {cfg.get('updates_per_epoch', 1)} per epoch but at least {min_steps} steps apart"
+        f"{updates_made(runs)}{extra}"
     )
+
+
+def updates_made(runs: list[Run]) -> str:
+    """What that rule gave: the interval and the number of updates of the
+    finished dynamic runs that do not set their own ``update_interval``
+    (a short epoch makes the step floor, not the epoch, the interval)."""
+    seen = set()
+    for r in runs:
+        if not r.finished or "update_interval" in r.cfg.get("engine", {}):
+            continue
+        s = r.summary()
+        if s.get("topology_updates"):
+            seen.add((s.get("update_interval"), s["topology_updates"], s["steps"]))
+    if not seen:
+        return ""
+    intervals = sorted({i for i, _, _ in seen if i is not None})
+    counts = sorted({n for _, n, _ in seen})
+    steps = sorted({n for _, _, n in seen})
+    every = f"every {'/'.join(map(str, intervals))} steps, " if intervals else ""
+    return f" ({every}{_span(counts)} updates in {_span(steps)} steps)"
+
+
+def _span(values: list) -> str:
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def machine_line(runs: list[Run]) -> str:
+    """The machine the runs record (summary.json's ``machine``); runs written
+    before it was recorded count as trained on this one."""
+    from chsnn.summary import machine_name
+
+    names = set()
+    for r in runs:
+        if r.finished:
+            names.add(r.summary().get("machine") or machine_name())
+    return "; ".join(sorted(names)) or machine_name()
 
 
 def write_results(
     grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = ""
 ) -> dict:
     """Tables, verdicts and figures of the finished runs (``parallel``: how they were trained, for the machine line)."""
-    import torch
 
-    from chsnn.bench import cpu_name, write_section
+    from chsnn.bench import write_section
 
     rows = aggregate(runs)
     out = Path(grid["out"])
@@ -320,8 +355,7 @@ def write_results(
         "",
         f"Command: `{command}`  ",
         f"Recipe: {describe_recipe(grid, runs)}.  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"{done} of {total} runs finished, run directories under `{out}/`{parallel}.",
+        f"Machine: {machine_line(runs)}; {done} of {total} runs finished, run directories under `{out}/`{parallel}.",
         "",
         f"Final-epoch {evaluated_on(runs)}, mean ± std over {n_seeds} seeds ({what_seeds_draw(runs)}):",
         "",
@@ -330,15 +364,17 @@ def write_results(
     ]
     if "chsnn" in labels:  # a grid without CH-SNN (a tuning grid) has nothing to judge
         lines += [f"- {v}" for v in verdicts(rows, key_sparsity)]
-    comparison = comparison_table(rows, labels, sparsities)
-    if comparison is not None:
-        lines += [
-            "",
-            "CH-SNN against each method, paired by seed: the difference of the means in points (seeds on which "
-            "CH-SNN is ahead / seeds both ran); **bold**: larger than either method's standard deviation.",
-            "",
-            comparison,
-        ]
+    for method in ["chsnn", *grid.get("compare", [])]:
+        comparison = comparison_table(rows, labels, sparsities, method)
+        if comparison is not None:
+            name = "CH-SNN" if method == "chsnn" else method
+            lines += [
+                "",
+                f"{name} against each method, paired by seed: the difference of the means in points (seeds on which "
+                f"{name} is ahead / seeds both ran); **bold**: larger than either method's standard deviation.",
+                "",
+                comparison,
+            ]
     if figures_dir is not None and "accuracy" in fig_paths:
         rel = os.path.relpath(figures_dir / f"{grid['name']}_accuracy.svg", results_file.parent if results_file else out)
         lines += ["", f"![accuracy against sparsity, {grid['title']}]({rel})"]

@@ -274,6 +274,8 @@ def test_turnover_and_frozen_steps_appear_in_summary_json(tmp_path, capsys):
     assert 0.0 < layer["turnover"] <= 1.0
     assert layer["updates"] == len(layer["overlaps"]) >= 1
     assert layer["frozen_at_step"] is not None and layer["frozen_at_step"] % 2 == 0
+    # the interval the run used and the machine it ran on, for tables rebuilt later
+    assert summary["update_interval"] == 2 and summary["machine"].endswith(f"torch {torch.__version__}")
 
 
 def test_calibration_data_is_bounded_by_memory_for_large_event_frames(monkeypatch):

@@ -11,7 +11,7 @@ import yaml
 from chsnn.cli import main
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
-from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on, what_seeds_draw
+from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on, machine_line, what_seeds_draw
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -186,7 +186,31 @@ def test_recipe_line_names_only_the_engine_options_every_run_shares(tmp_path):
         runs.append(run)
     line = describe_recipe({}, runs)
     assert "shared by all methods: {'exclude': ['features.*']}" in line and "zeta" not in line
-    assert "(min_update_steps 30)" in line
+    assert "at least 30 steps apart" in line
+
+
+def test_recipe_line_says_how_often_the_topology_was_updated(tmp_path):
+    # On a short epoch the step floor, not the epoch, sets the interval: the line says what the runs did.
+    base = {"model": "snn-mlp", "data": "nmnist:x", "time_steps": 8, "epochs": 100, "batch_size": 64, "optimizer": "adam"}
+    base.update(lr=0.002, lr_schedule="cosine")
+    runs = []
+    for label, engine, interval, updates in (
+        ("chsnn", {}, 100, 8),
+        ("set", {}, 100, 8),
+        ("chsnn_every_epoch", {"update_interval": 11}, 11, 75),  # its own interval: its label says it
+        ("dense", None, 100, 0),
+    ):
+        run = _fake(tmp_path, label, 0.95, 0, 0.9)
+        run.cfg = {**base, "engine": {"method": label.split("_")[0], "sparsity": 0.95, **(engine or {})}}
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+        summary.update(update_interval=interval, topology_updates=updates, steps=1100, machine=f"CPU {label}")
+        (run.run_dir / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    line = describe_recipe({}, runs)
+    assert "at least 100 steps apart (every 100 steps, 8 updates in 1100 steps)" in line
+    assert "75 updates" not in line
+    # The machine is the one each run recorded, not the one the table is written on.
+    assert machine_line(runs) == "CPU chsnn; CPU chsnn_every_epoch; CPU dense; CPU set"
 
 
 def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
@@ -235,3 +259,25 @@ def test_figures_render_to_the_same_bytes(tmp_path):
     rows = aggregate([_fake(tmp_path, "dense", None, 0, 0.9), _fake(tmp_path, "set", 0.95, 0, 0.8)])
     first = accuracy_figure(rows, ["dense", "set"], [0.95], "t")
     assert first is not None and first == accuracy_figure(rows, ["dense", "set"], [0.95], "t")
+
+
+def test_a_variant_named_in_compare_gets_its_own_paired_table(tmp_path):
+    from chsnn.sweep_results import write_results
+
+    methods = {"set": {"method": "set"}, "chsnn": {"method": "chsnn"}, "chsnn_every_epoch": {"method": "chsnn"}}
+    with pytest.raises(ConfigError, match="compare must be a list of labels from methods"):
+        load_grid(write_grid(tmp_path, methods=methods, compare=["chsnn_typo"]))
+    grid = load_grid(write_grid(tmp_path, methods=methods, compare=["chsnn_every_epoch"], sparsities=[0.95]))
+    grid.pop("ablation", None)
+    runs = []
+    for label, accs in (("set", (0.88, 0.86)), ("chsnn", (0.90, 0.90)), ("chsnn_every_epoch", (0.92, 0.91))):
+        for seed, acc in enumerate(accs):
+            run = _fake(tmp_path, label, 0.95, seed, acc)
+            run.cfg = {"model": "snn-mlp", "data": "x", "time_steps": 4, "epochs": 1, "batch_size": 8, "optimizer": "adam"}
+            run.cfg.update(lr=0.01, lr_schedule="cosine", engine={"method": "chsnn", "sparsity": 0.95})
+            runs.append(run)
+    body = write_results(grid, runs, "chsnn sweep grid.yaml", None, None)
+    text = (tmp_path / "runs" / "results.md").read_text()
+    assert body["finished"] == 6 and "chsnn_every_epoch against each method, paired by seed" in text
+    # against set +4.5 points and chsnn +1.5, both beyond the stds (0.71 points at most): bold
+    assert "| set | **+4.50** (2/2) |" in text and "| chsnn | **+1.50** (2/2) |" in text
