@@ -44,7 +44,7 @@ def make_summary(runner, history: list, wall: float) -> dict:
         "heads": attention_heads(engine),
         "wall_seconds": wall,
         "device": str(runner.device),
-        "machine": machine_name(),  # tables rebuilt elsewhere later must still name the machine that trained
+        "machine": machine_name(runner.device),  # tables rebuilt elsewhere later must still name the machine that trained
         "precision": runner.precision,
         "world_size": runner.world,
         "ranks_agree": distributed.ranks_agree(engine, runner.model),
@@ -58,15 +58,20 @@ def make_summary(runner, history: list, wall: float) -> dict:
     return summary
 
 
-def machine_name() -> str:
-    """The CPU, its core count and torch's version: what a result was measured on."""
+def machine_name(device=None) -> str:
+    """What a result was measured on: the GPU of a CUDA run, else the CPU and
+    its core count; and torch's version."""
     import os
 
     import torch
 
     from chsnn.bench import cpu_name
 
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if device is not None and torch.device(device).type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{cpu_name()}, {os.cpu_count()} cores"
+    return f"{hardware}, torch {torch.__version__}"
 
 
 def attention_heads(engine: SparseEngine) -> dict:

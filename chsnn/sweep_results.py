@@ -320,7 +320,6 @@ def write_results(
     grid: dict, runs: list[Run], command: str, results_file: Path | None, figures_dir: Path | None, parallel: str = ""
 ) -> dict:
     """Tables, verdicts and figures of the finished runs (``parallel``: how they were trained, for the machine line)."""
-
     from chsnn.bench import write_section
 
     rows = aggregate(runs)

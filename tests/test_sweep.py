@@ -281,3 +281,13 @@ def test_a_variant_named_in_compare_gets_its_own_paired_table(tmp_path):
     assert body["finished"] == 6 and "chsnn_every_epoch against each method, paired by seed" in text
     # against set +4.5 points and chsnn +1.5, both beyond the stds (0.71 points at most): bold
     assert "| set | **+4.50** (2/2) |" in text and "| chsnn | **+1.50** (2/2) |" in text
+
+
+def test_a_gpu_run_records_its_gpu_not_the_host_cpu(monkeypatch):
+    import torch
+
+    from chsnn.summary import machine_name
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+    assert machine_name(torch.device("cuda", 0)) == f"NVIDIA H100, torch {torch.__version__}"
+    assert machine_name(torch.device("cpu")) == machine_name() and "cores, torch" in machine_name()
