@@ -42,10 +42,10 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from chsnn.sparse import ConfigError
+from chsnn.sparse import ConfigError, EngineConfig
 from chsnn.sweep_results import (  # noqa: F401  (the sweep API, importable from here)
     DENSE_GAP,
     ablation_table,
@@ -131,6 +131,11 @@ def _check_variants(path, key, variants) -> None:
             raise ConfigError(f"sweep grid {path}: {key}.{label} must be a mapping of engine options, e.g. {{method: set}}")
 
 
+# Engine options whose absence means the EngineConfig field's default (the
+# config's own defaults, method and sparsity, are always written out).
+_ENGINE_DEFAULTS = {f.name: f.default for f in fields(EngineConfig) if f.default is not MISSING and f.name not in ("method", "sparsity")}
+
+
 def _comparable(cfg: dict) -> dict:
     """The parts of a config that decide what a run computes (a data path as
     the absolute path it names: runs store it resolved, older ones did not)."""
@@ -139,6 +144,10 @@ def _comparable(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items() if k not in ("description", "results", "default", "config_source")}
     if isinstance(out.get("data"), str):
         out["data"] = resolve_data_path(out["data"])
+    if isinstance(out.get("engine"), dict):
+        # An engine option given at its default computes what leaving it out
+        # does (``init: null`` is the method's own initial topology).
+        out["engine"] = {k: v for k, v in out["engine"].items() if not (k in _ENGINE_DEFAULTS and v == _ENGINE_DEFAULTS[k])}
     return out
 
 

@@ -268,7 +268,9 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
     cfg = runs[0].cfg
     # Only what every run has: a method's own options (its label says them) are not shared.
     engine = {
-        k: v for k, v in cfg["engine"].items() if k not in ("method", "sparsity") and all(r.cfg.get("engine", {}).get(k) == v for r in runs)
+        k: v
+        for k, v in cfg["engine"].items()
+        if k not in ("method", "sparsity") and v is not None and all(r.cfg.get("engine", {}).get(k) == v for r in runs)
     }
     extra = f"; engine options shared by all methods: {engine}" if engine else ""
     min_steps = cfg.get("min_update_steps", DEFAULTS["min_update_steps"])

@@ -102,6 +102,20 @@ def test_reuse_refuses_a_run_with_another_config(tmp_path):
     check_reusable(run)
 
 
+def test_reuse_counts_an_engine_option_at_its_default_as_left_out(tmp_path):
+    # A grid pins `init: null` (the method's own initial topology) when its
+    # zoo config starts from another one; runs saved without the key are the same runs.
+    run = plan_runs(load_grid(write_grid(tmp_path, set={**TINY["set"], "engine": {"init": None}})))[0]
+    assert run.cfg["engine"]["init"] is None
+    run.run_dir.mkdir(parents=True)
+    saved = {**run.cfg, "engine": {k: v for k, v in run.cfg["engine"].items() if k != "init"}}
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_reusable(run)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "engine": {**saved["engine"], "init": "random"}}))
+    with pytest.raises(ConfigError, match="differs in: engine"):
+        check_reusable(run)
+
+
 def test_reuse_takes_a_data_path_saved_relative_as_the_absolute_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mnist").mkdir()
