@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from chsnn.config import DEFAULTS
 from chsnn.sparse import ConfigError, EngineConfig
 from chsnn.sweep_results import (  # noqa: F401  (the sweep API, importable from here)
     DENSE_GAP,
@@ -68,13 +69,17 @@ class Run:
     cfg: dict
     run_dir: Path
     groups: set = field(default_factory=set)  # "methods" and/or "ablation"
+    _summary: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:
         return (self.run_dir / "summary.json").is_file()
 
     def summary(self) -> dict:
-        return json.loads((self.run_dir / "summary.json").read_text())
+        # Written once, when the run ends; the tables, recipe and machine lines all read it.
+        if self._summary is None:
+            self._summary = json.loads((self.run_dir / "summary.json").read_text())
+        return self._summary
 
 
 # Grid -----------------------------------------------------------------------------
@@ -131,9 +136,9 @@ def _check_variants(path, key, variants) -> None:
             raise ConfigError(f"sweep grid {path}: {key}.{label} must be a mapping of engine options, e.g. {{method: set}}")
 
 
-# Engine options whose absence means the EngineConfig field's default (the
-# config's own defaults, method and sparsity, are always written out).
-_ENGINE_DEFAULTS = {f.name: f.default for f in fields(EngineConfig) if f.default is not MISSING and f.name not in ("method", "sparsity")}
+# Engine options whose absence means the EngineConfig field's default (those
+# the config's own defaults set, method and sparsity, are always written out).
+_ENGINE_DEFAULTS = {f.name: f.default for f in fields(EngineConfig) if f.default is not MISSING and f.name not in DEFAULTS["engine"]}
 
 
 def _comparable(cfg: dict) -> dict:
@@ -201,8 +206,6 @@ def check_reusable(run: Run) -> None:
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    from chsnn.config import DEFAULTS
-
     saved = yaml.safe_load(saved_path.read_text()) or {}
     # A key added to the config since that run was trained counts as its default.
     want, have = _comparable(run.cfg), _comparable({**DEFAULTS, **saved})

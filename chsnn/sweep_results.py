@@ -311,11 +311,9 @@ def machine_line(runs: list[Run]) -> str:
     before it was recorded count as trained on this one."""
     from chsnn.summary import machine_name
 
-    names = set()
-    for r in runs:
-        if r.finished:
-            names.add(r.summary().get("machine") or machine_name())
-    return "; ".join(sorted(names)) or machine_name()
+    here = machine_name()
+    names = {r.summary().get("machine") or here for r in runs if r.finished}
+    return "; ".join(sorted(names)) or here
 
 
 def write_results(
