@@ -125,8 +125,8 @@ def comparison_table(rows: list[dict], labels: list[str], sparsities: list[float
     the mean difference in points and on how many paired seeds it is ahead; a
     difference larger than both methods' std is bold."""
     by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
-    if not any((method, s) in by for s in sparsities):
-        return None
+    if not any((method, s) in by for s in sparsities) or not any(label != method for label in labels):
+        return None  # nothing to compare (e.g. a grid of CH-SNN and its ablation only)
     lines = ["| against | " + " | ".join(f"{s:g}" for s in sparsities) + " |", "|" + "---|" * (len(sparsities) + 1)]
     for label in labels:
         if label == method:
@@ -202,8 +202,8 @@ def accuracy_figure(rows: list[dict], labels: list[str], sparsities: list[float]
     from chsnn.report.figures import inline_svg, pyplot
 
     plt = pyplot()
-    if plt is None or not sparsities:
-        return None
+    if plt is None or not sparsities or (len(labels) == 1 and len(sparsities) == 1):
+        return None  # (one method at one sparsity is one point: the table says it)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     xs = list(range(len(sparsities)))
     for label in labels:

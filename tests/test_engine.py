@@ -317,6 +317,11 @@ def test_swi_and_sswi_scale():
     w = model[0].weight.detach()
     std = w[w != 0].std().item()
     assert std == pytest.approx(np.sqrt(2.0 / (40 * 0.2)), rel=0.08)
+    # SSWI with the layer's mean rate: the same here, where every input fires at 0.2
+    model = nn.Sequential(nn.Linear(400, 300), nn.ReLU(), nn.Linear(300, 2))
+    SparseEngine(model, None, {"method": "chsnn", "sparsity": 0.9, "weight_init": "sswi_layer"}, calibration=[x])
+    w = model[0].weight.detach()
+    assert w[w != 0].std().item() == pytest.approx(np.sqrt(2.0 / (40 * 0.2)), rel=0.08)
 
 
 def test_soft_methods_and_mest_run(monkeypatch):

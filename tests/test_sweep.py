@@ -172,6 +172,7 @@ def test_tables_and_verdicts_from_runs(tmp_path):
     assert "| set | **+3.50** (2/2) |" in comparison
     assert "| rigl |  |" in comparison and "| chsnn |" not in comparison
     assert comparison_table(rows, ["dense", "set"], [0.95], method="rigl") is None
+    assert comparison_table(rows, ["chsnn"], [0.95]) is None  # CH-SNN alone (its ablation grid): no empty table
     ablated = [
         _fake(tmp_path / "a", lab, 0.95, s, acc, groups=("ablation",))
         for lab, s, acc in [("chsnn", 0, 0.90), ("chsnn", 1, 0.92), ("init=random", 0, 0.89), ("init=random", 1, 0.93)]
@@ -261,9 +262,10 @@ def test_shipped_grids_plan(grid_path):
     runs = plan_runs(grid)
     seeds, sparsities = len(grid["seeds"]), len(grid["sparsities"])
     methods = [m for m in grid["methods"].values() if m.get("method") != "dense"]
+    dense = len(grid["methods"]) - len(methods)  # one run per seed, whatever the sparsities
     ablation = grid.get("ablation") or {"variants": {}}
     extra = sum(1 for label in ablation["variants"] if label not in grid["methods"])
-    assert len(runs) == seeds * (1 + len(methods) * sparsities + extra)
+    assert len(runs) == seeds * (dense + len(methods) * sparsities + extra)
     assert {r.cfg["seed"] for r in runs} == set(grid["seeds"])
 
 
@@ -273,6 +275,7 @@ def test_figures_render_to_the_same_bytes(tmp_path):
     rows = aggregate([_fake(tmp_path, "dense", None, 0, 0.9), _fake(tmp_path, "set", 0.95, 0, 0.8)])
     first = accuracy_figure(rows, ["dense", "set"], [0.95], "t")
     assert first is not None and first == accuracy_figure(rows, ["dense", "set"], [0.95], "t")
+    assert accuracy_figure(rows, ["set"], [0.95], "t") is None  # one point: no figure
 
 
 def test_a_variant_named_in_compare_gets_its_own_paired_table(tmp_path):

@@ -320,3 +320,28 @@ def test_sswi_counts_the_neurons_whose_inputs_were_all_silent_once():
         std = strategies.WEIGHT_INITS["sswi"](ctx)
     gain = ctx.config.init_gain
     assert torch.allclose(std.squeeze(1), torch.tensor([gain / 0.5, gain / 1, gain / 2], dtype=torch.float64).sqrt())  # silent: in-degree
+
+
+def test_sswi_layer_scales_by_the_layers_mean_rate_where_sswi_scales_each_neuron_by_its_own_inputs():
+    from types import SimpleNamespace
+
+    # Neuron 0 links only the rarely active input 2; neurons 1 and 2 link busy inputs.
+    mask = torch.tensor([[0, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=B)
+    second_moment = torch.tensor([0.5, 0.3, 0.001], dtype=torch.float64)
+    stats = SimpleNamespace(second_moment=second_moment, any_active=True)
+    gain = EngineConfig.from_dict({"method": "set", "sparsity": 0.5}).init_gain
+    indeg = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    per_layer = strategies.WEIGHT_INITS["sswi_layer"](ctx_for(mask, stats=stats, weight_init="sswi_layer")).squeeze(1)
+    assert torch.allclose(per_layer, (gain / (indeg * second_moment.mean())).sqrt())
+    per_neuron = strategies.WEIGHT_INITS["sswi"](ctx_for(mask, stats=stats, weight_init="sswi")).squeeze(1)
+    assert torch.allclose(per_neuron, (gain / torch.tensor([0.001, 0.8, 0.801], dtype=torch.float64)).sqrt())
+    assert per_neuron[0] / per_neuron[1] > 25 and per_layer[0] / per_layer[1] < 1.5  # the rare-input neuron's outlier is gone
+    silent = SimpleNamespace(second_moment=torch.zeros(3, dtype=torch.float64), any_active=False)
+    assert torch.allclose(strategies.WEIGHT_INITS["sswi_layer"](ctx_for(mask, stats=silent)).squeeze(1), (gain / indeg).sqrt())
+
+
+def test_the_stages_that_read_calibration_data_are_named():
+    from chsnn.sparse.layout import calibration_uses
+
+    uses = calibration_uses(EngineConfig.from_dict({"method": "chsnn", "sparsity": 0.9, "weight_init": "sswi_layer", "init": "csti_tiled"}))
+    assert uses == ["init=csti_tiled", "weight_init=sswi_layer", "removal=lrs (inactive neurons)"]

@@ -178,7 +178,7 @@ class SparseEngine:
         (:func:`~chsnn.sparse.initialisation.initialise_in_forward_order`)."""
         cfg = self.config
         self.input_stats = None  # the first sparse layer's, for csti_tiled
-        reads_activity = cfg.init in strategies.CORRELATED_INITS or cfg.weight_init == "sswi"
+        reads_activity = cfg.init in strategies.CORRELATED_INITS or cfg.weight_init in strategies.ACTIVITY_WEIGHT_INITS
         data = self.calibration_data if reads_activity else None
         self.init_passes = initialise_in_forward_order(  # calibration forwards the initialisation ran
             self.model, self.targets, data, self.trace, self.forward_fn, self._correlates, self._initialise_with, self.device

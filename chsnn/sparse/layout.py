@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from chsnn.contracts import MASK
+from chsnn.sparse import strategies
 from chsnn.sparse.config import ConfigError, EngineConfig
 from chsnn.sparse.context import target_links
 from chsnn.sparse.targets import KERNEL, LINEAR, SparseTarget, find_targets
@@ -102,10 +103,10 @@ def calibration_uses(cfg: EngineConfig) -> list[str]:
     uses = []
     if cfg.method == "dense":
         return uses
-    if cfg.init in ("sscti", "csti"):
+    if cfg.init in strategies.CORRELATED_INITS:
         uses.append(f"init={cfg.init}")
-    if cfg.weight_init == "sswi":
-        uses.append("weight_init=sswi")
+    if cfg.weight_init in strategies.ACTIVITY_WEIGHT_INITS:
+        uses.append(f"weight_init={cfg.weight_init}")
     if cfg.removal == "lrs":
         uses.append("removal=lrs (inactive neurons)")
     return uses

@@ -47,6 +47,7 @@ __all__ = [
     "SOFT_REMOVALS",
     "DENSE_GRADIENT_REGROWTHS",
     "CORRELATED_INITS",
+    "ACTIVITY_WEIGHT_INITS",
     "LinkScores",
     "UpdateContext",
     "register_topology_init",
@@ -301,6 +302,25 @@ def sswi(ctx: UpdateContext):
             _warn_silent_neurons(ctx, int(((effective <= 1e-12) & mask2d.any(1)).sum()))
         effective = torch.where(effective > 1e-12, effective, indeg)
     return torch.sqrt(ctx.config.init_gain / effective.clamp_min(1e-12)).unsqueeze(1)
+
+
+@register_weight_init("sswi_layer")
+def sswi_layer(ctx: UpdateContext):
+    """SSWI with one firing rate per layer: each neuron's in-degree times the
+    mean E[a^2] over all the layer's presynaptic neurons (CH-SPEC section 3
+    read as "the mean presynaptic firing rate" of the layer). Unlike
+    ``sswi`` it does not scale up a neuron whose links all reach rarely
+    active inputs (e.g. SSCTI's links among border pixels of direct-coded
+    MNIST), so no neuron starts with weights tens of times the others'."""
+    mask2d, stats = ctx.mask, ctx.stats
+    indeg = mask2d.sum(1, dtype=torch.float64)
+    rate = 1.0
+    if stats is not None and stats.any_active:  # (all silent: the engine has warned, firing rate 1)
+        rate = float(stats.second_moment.double().mean())
+    return torch.sqrt(ctx.config.init_gain / (indeg * rate).clamp_min(1e-12)).unsqueeze(1)
+
+
+ACTIVITY_WEIGHT_INITS = ("sswi", "sswi_layer")  # these read calibration activity
 
 
 def _warn_silent_neurons(ctx: UpdateContext, fell_back: int) -> None:
