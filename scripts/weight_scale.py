@@ -2,7 +2,7 @@
 
 For each finished run directory: rebuilds the network and its initial masks
 and weights exactly as training does (from the run's config.yaml), then
-reads the final weights from its latest.pt, and prints per sparse layer the
+reads the final weights from its latest.pt, and prints per sparse linear layer the
 standard deviation of the linked weights at step 0 and at the end (with the
 10/50/90/99% quantiles of its neurons' own), and the
 layer's firing rate and the test accuracy after the first and the last
@@ -34,6 +34,8 @@ def linked_std(weight: torch.Tensor, mask: torch.Tensor) -> str:
     its neurons' own stds (neurons with two links or more)."""
     weight, mask = weight.double(), mask.bool()
     rows = [weight[i][mask[i]].std() for i in range(weight.shape[0]) if int(mask[i].sum()) > 1]
+    if not rows:
+        return f"{float(weight[mask].std()):.3f}"
     q = torch.quantile(torch.stack(rows), torch.tensor([0.1, 0.5, 0.9, 0.99], dtype=torch.float64))
     return f"{float(weight[mask].std()):.3f} (per neuron {' / '.join(f'{float(v):.3f}' for v in q)})"
 
@@ -90,7 +92,8 @@ def describe(run: Path, threshold: float | None = None) -> list[str]:
     ]
     names = [n for n, _ in runner.model.named_modules()]
     for name, (w0, m0) in start.items():
-        w1, m1 = final[f"{name}.weight"], final[f"{name}.weight_mask"]
+        w1 = final[f"{name}.weight"]
+        m1 = final.get(f"{name}.weight_mask", w1 != 0)  # the mask buffer, where the layer keeps one
         # The first spiking layer after this one (hidden.0 -> hidden.1) carries its firing rate.
         after = next((n for n in names[names.index(name) + 1 :] if n in last.get("firing_rates", {})), None)
         rates = [h.get("firing_rates", {}).get(after) for h in (first, last)]
