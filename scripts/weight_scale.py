@@ -17,27 +17,33 @@ the end of training, e.g. CH-SNN against its ablation without SSWI:
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
 import torch
-import yaml
 
-from chsnn.checkpoint import load_checkpoint
+from chsnn.rundir import RunDir, load_run
 from chsnn.sparse.calibration import record_activity
 from chsnn.trainer import Runner
+
+
+def neuron_stds(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each neuron's std of its linked weights (0 below two links), and which neurons have two links or more."""
+    weight, mask = weight.double(), mask.bool()
+    counted = mask.sum(1) > 1
+    stds = torch.stack([weight[i][mask[i]].std() if counted[i] else torch.tensor(0.0, dtype=torch.float64) for i in range(len(mask))])
+    return stds, counted
 
 
 def linked_std(weight: torch.Tensor, mask: torch.Tensor) -> str:
     """The std of a layer's linked weights, and the 10/50/90/99% quantiles of
     its neurons' own stds (neurons with two links or more)."""
-    weight, mask = weight.double(), mask.bool()
-    rows = [weight[i][mask[i]].std() for i in range(weight.shape[0]) if int(mask[i].sum()) > 1]
-    if not rows:
-        return f"{float(weight[mask].std()):.3f}"
-    q = torch.quantile(torch.stack(rows), torch.tensor([0.1, 0.5, 0.9, 0.99], dtype=torch.float64))
-    return f"{float(weight[mask].std()):.3f} (per neuron {' / '.join(f'{float(v):.3f}' for v in q)})"
+    stds, counted = neuron_stds(weight, mask)
+    overall = f"{float(weight.double()[mask.bool()].std()):.3f}"
+    if not bool(counted.any()):
+        return overall
+    q = torch.quantile(stds[counted], torch.tensor([0.1, 0.5, 0.9, 0.99], dtype=torch.float64))
+    return f"{overall} (per neuron {' / '.join(f'{float(v):.3f}' for v in q)})"
 
 
 def large_weight_neurons(weight: torch.Tensor, mask: torch.Tensor, second_moment: torch.Tensor, threshold: float) -> str:
@@ -47,8 +53,7 @@ def large_weight_neurons(weight: torch.Tensor, mask: torch.Tensor, second_moment
     inputs (an image), how far their inputs lie from the image's centre."""
     mask = mask.bool()
     indeg = mask.sum(1)
-    row_std = torch.stack([weight[i][mask[i]].double().std() if int(indeg[i]) > 1 else torch.tensor(0.0) for i in range(len(indeg))])
-    large = row_std > threshold
+    large = neuron_stds(weight, mask)[0] > threshold
     if not bool(large.any()):
         return f"no neuron starts with a std above {threshold}"
     moment = second_moment.double().cpu()
@@ -72,7 +77,8 @@ def large_weight_neurons(weight: torch.Tensor, mask: torch.Tensor, second_moment
 
 
 def describe(run: Path, threshold: float | None = None) -> list[str]:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    run_dir = RunDir(run).require()
+    cfg = run_dir.config()
     cfg["device"] = "cpu"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,8 +89,11 @@ def describe(run: Path, threshold: float | None = None) -> list[str]:
         stats = record_activity(
             runner.model, engine.calibration_data.batches, engine.targets, engine.forward_fn, correlate=False, spiking=engine.spiking
         )
-    final = load_checkpoint(run / "latest.pt")["model"]
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = load_run(run)  # the trained model (latest.pt), masks applied, and its masks
+    final_weights = dict(final.model.named_parameters())
+    history = run_dir.metrics()
+    if not history:
+        raise SystemExit(f"{run}: no epoch in metrics.jsonl (give a finished run directory)")
     first, last = history[0], history[-1]
     lines = [
         f"{run.name}: weight_init {runner.engine.config.weight_init}, test accuracy {first['test_accuracy']:.4f} after epoch 1, "
@@ -92,8 +101,7 @@ def describe(run: Path, threshold: float | None = None) -> list[str]:
     ]
     names = [n for n, _ in runner.model.named_modules()]
     for name, (w0, m0) in start.items():
-        w1 = final[f"{name}.weight"]
-        m1 = final.get(f"{name}.weight_mask", w1 != 0)  # the mask buffer, where the layer keeps one
+        w1, m1 = final_weights[f"{name}.weight"].detach(), final.masks[name]
         # The first spiking layer after this one (hidden.0 -> hidden.1) carries its firing rate.
         after = next((n for n in names[names.index(name) + 1 :] if n in last.get("firing_rates", {})), None)
         rates = [h.get("firing_rates", {}).get(after) for h in (first, last)]
@@ -110,10 +118,10 @@ def main() -> None:
     ap.add_argument("--large", type=float, metavar="STD", help="also describe the neurons whose linked weights start with a std above STD")
     args = ap.parse_args()
     for run in args.runs:
-        missing = [f for f in ("config.yaml", "latest.pt", "metrics.jsonl") if not (run / f).is_file()]
-        if missing:
-            raise SystemExit(f"{run}: not a finished run directory (no {', '.join(missing)})")
-        print("\n".join(describe(run, args.large)))
+        try:
+            print("\n".join(describe(run, args.large)))
+        except (FileNotFoundError, ValueError) as exc:  # no such directory, no config.yaml or checkpoint, an unreadable one
+            raise SystemExit(f"{run}: {exc}") from None
 
 
 if __name__ == "__main__":
