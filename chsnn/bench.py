@@ -33,12 +33,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_description(device: torch.device) -> str:
-    """One line naming the hardware and software a figure was measured on."""
+def machine_description(device: torch.device | str | None = None, brief: bool = False) -> str:
+    """One line naming the hardware and software a figure was measured on:
+    the GPU of a CUDA device, else the CPU and its core count. ``brief``
+    (what summary.json records for a run): the hardware and torch's version."""
+    device = torch.device(device if device is not None else "cpu")
     if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if brief:
+            return f"{name}, torch {torch.__version__}"
         props = torch.cuda.get_device_properties(device)
-        hw = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+        hw = f"{name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
     else:
+        if brief:
+            return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
         hw = f"{cpu_name()}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
     return f"{hw}; Python {platform.python_version()}, torch {torch.__version__}"
 

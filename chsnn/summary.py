@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chsnn import distributed
+from chsnn.bench import machine_description
 from chsnn.sparse import SparseEngine
 
 
@@ -44,7 +45,8 @@ def make_summary(runner, history: list, wall: float) -> dict:
         "heads": attention_heads(engine),
         "wall_seconds": wall,
         "device": str(runner.device),
-        "machine": machine_name(runner.device),  # tables rebuilt elsewhere later must still name the machine that trained
+        # tables rebuilt elsewhere later must still name the machine that trained
+        "machine": machine_description(runner.device, brief=True),
         "precision": runner.precision,
         "world_size": runner.world,
         "ranks_agree": distributed.ranks_agree(engine, runner.model),
@@ -56,22 +58,6 @@ def make_summary(runner, history: list, wall: float) -> dict:
     for key in ("macs_per_sample", "energy_pj_per_sample", "dense_energy_pj_per_sample"):
         summary[key] = last.get(key)
     return summary
-
-
-def machine_name(device=None) -> str:
-    """What a result was measured on: the GPU of a CUDA run, else the CPU and
-    its core count; and torch's version."""
-    import os
-
-    import torch
-
-    from chsnn.bench import cpu_name
-
-    if device is not None and torch.device(device).type == "cuda":
-        hardware = torch.cuda.get_device_name(device)
-    else:
-        hardware = f"{cpu_name()}, {os.cpu_count()} cores"
-    return f"{hardware}, torch {torch.__version__}"
 
 
 def attention_heads(engine: SparseEngine) -> dict:

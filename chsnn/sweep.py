@@ -199,19 +199,25 @@ def plan_runs(grid: dict) -> list[Run]:
     return list(runs.values())
 
 
-def check_reusable(run: Run) -> None:
-    """A finished run is reused only if it trained the config the grid asks for."""
+def config_differences(run: Run) -> list[str]:
+    """The config keys in which a finished run's saved config differs from
+    the one the grid asks for (empty: it trained that config, or nothing is saved)."""
     import yaml
 
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.is_file():
-        return
+        return []
     saved = yaml.safe_load(saved_path.read_text()) or {}
     # A key added to the config since that run was trained counts as its default.
     want, have = _comparable(run.cfg), _comparable({**DEFAULTS, **saved})
     have.pop("max_steps", None), want.pop("max_steps", None)
-    if want != have:
-        keys = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+
+
+def check_reusable(run: Run) -> None:
+    """A finished run is reused (trained on or tabulated) only if it trained the config the grid asks for."""
+    keys = config_differences(run)
+    if keys:
         raise ConfigError(
             f"sweep: {run.run_dir} holds a run with a different config (differs in: {', '.join(keys)}); "
             "delete that directory or point the grid's `out` elsewhere"
@@ -294,10 +300,19 @@ def _sweep_command(args) -> int:
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads)
     runs = plan_runs(grid)
     if args.dry_run:
+        differing = 0
         for r in runs:
-            print(f"{'done' if r.finished else 'todo'}  {r.run_dir}")
+            keys = config_differences(r)
+            differing += bool(keys)
+            state = f"differs ({', '.join(keys)})" if keys else "done" if r.finished else "todo"
+            print(f"{state}  {r.run_dir}")
         print(f"{sum(r.finished for r in runs)} of {len(runs)} runs finished")
+        if differing:
+            print(f"{differing} hold a run of a different config: the sweep stops on them; delete those directories or change `out`")
         return 0
+    if args.table_only:  # tabulate only runs of the grid's configs, as training would
+        for r in runs:
+            check_reusable(r)
     failures = [] if args.table_only else run_grid(runs, workers, args.threads, progress=not args.quiet)
     # The command that reproduces the tables: how many processes trained them, or
     # whether this call only re-tabulated, does not change a number.

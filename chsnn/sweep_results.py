@@ -309,9 +309,9 @@ def _span(values: list) -> str:
 def machine_line(runs: list[Run]) -> str:
     """The machine the runs record (summary.json's ``machine``); runs written
     before it was recorded count as trained on this one."""
-    from chsnn.summary import machine_name
+    from chsnn.bench import machine_description
 
-    here = machine_name()
+    here = machine_description(brief=True)
     names = {r.summary().get("machine") or here for r in runs if r.finished}
     return "; ".join(sorted(names)) or here
 

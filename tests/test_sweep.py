@@ -228,7 +228,7 @@ def test_recipe_line_says_how_often_the_topology_was_updated(tmp_path):
     assert machine_line(runs) == "CPU chsnn; CPU chsnn_every_epoch; CPU dense; CPU set"
 
 
-def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
+def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     grid = {**TINY, "seeds": [0], "sparsities": [0.9], "methods": {"dense": {"method": "dense"}, "set": {"method": "set"}}}
     grid["ablation"] = {"sparsity": 0.9, "variants": {"set": {"method": "set"}, "static": {"method": "static"}}}
     path = write_grid(tmp_path, **grid)
@@ -252,6 +252,16 @@ def test_sweep_end_to_end_reuses_finished_runs(tmp_path, monkeypatch):
     mtime = (out / "set_s0.9_seed0" / "summary.json").stat().st_mtime_ns
     assert main(["sweep", str(path), "--quiet"]) == 0
     assert (out / "set_s0.9_seed0" / "summary.json").stat().st_mtime_ns == mtime
+    # the grid now asks for another lr: the dry run says which runs differ, and
+    # --table-only refuses to tabulate them as the grid's (it names the key)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "set": {**grid["set"], "lr": 0.5}}))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("differs (lr)") == 3 and "3 hold a run of a different config" in listed
+    assert main(["sweep", str(path), "--table-only"]) == 2
+    assert "differs in: lr" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["finished"] == 3  # the old tables stand
 
 
 @pytest.mark.parametrize(
@@ -303,8 +313,9 @@ def test_a_variant_named_in_compare_gets_its_own_paired_table(tmp_path):
 def test_a_gpu_run_records_its_gpu_not_the_host_cpu(monkeypatch):
     import torch
 
-    from chsnn.summary import machine_name
+    from chsnn.bench import machine_description
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
-    assert machine_name(torch.device("cuda", 0)) == f"NVIDIA H100, torch {torch.__version__}"
-    assert machine_name(torch.device("cpu")) == machine_name() and "cores, torch" in machine_name()
+    assert machine_description(torch.device("cuda", 0), brief=True) == f"NVIDIA H100, torch {torch.__version__}"
+    cpu = machine_description(brief=True)
+    assert machine_description(torch.device("cpu"), brief=True) == cpu and "cores, torch" in cpu
