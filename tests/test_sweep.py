@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from chsnn.cli import main
+from chsnn.config import resolve_config
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
 from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on, machine_line, what_seeds_draw
@@ -277,6 +278,18 @@ def test_shipped_grids_plan(grid_path):
     extra = sum(1 for label in ablation["variants"] if label not in grid["methods"])
     assert len(runs) == seeds * (dense + len(methods) * sparsities + extra)
     assert {r.cfg["seed"] for r in runs} == set(grid["seeds"])
+
+
+def test_grids_keep_each_methods_own_regrowth_where_the_zoo_config_samples_it():
+    # snn-mlp_mnist.yaml samples CH-SNN's regrowth (soft_regrowth: true); its grids pin
+    # null, so SET keeps random regrowth, RigL its top gradients and the chsnn row top-k
+    from chsnn.sparse import make_config
+
+    grid = load_grid(Path(__file__).resolve().parent.parent / "models" / "sweeps" / "snn-mlp_mnist_kfold.yaml")
+    assert resolve_config(grid["config"], {}, [])["engine"]["soft_regrowth"] is True
+    soft = {r.label: make_config(r.cfg["engine"]).soft_regrowth for r in plan_runs(grid) if r.cfg["seed"] == 0}
+    assert soft["chsnn_soft_regrowth"] is True
+    assert not any(soft[label] for label in ("chsnn", "rigl+sswi", "set+sswi", "static+ssi", "regrowth=random"))
 
 
 def test_figures_render_to_the_same_bytes(tmp_path):
