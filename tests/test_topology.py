@@ -345,3 +345,16 @@ def test_the_stages_that_read_calibration_data_are_named():
 
     uses = calibration_uses(EngineConfig.from_dict({"method": "chsnn", "sparsity": 0.9, "weight_init": "sswi_layer", "init": "csti_tiled"}))
     assert uses == ["init=csti_tiled", "weight_init=sswi_layer", "removal=lrs (inactive neurons)"]
+
+
+def test_soft_regrowth_leaves_rigl_its_top_gradients_and_says_so(monkeypatch):
+    # a config that samples CH-SNN's regrowth (the MLP zoo configs) run with --method rigl
+    from chsnn.sparse import config as engine_config
+    from chsnn.sparse import make_config
+
+    monkeypatch.setattr(engine_config, "_WARNED", set())
+    with pytest.warns(UserWarning, match="regrowth=gradient .RigL. takes the top gradients"):
+        rigl = make_config("rigl", soft_regrowth=True)
+    assert rigl.soft_regrowth is False and rigl.regrowth == "gradient"
+    assert make_config("chsnn", soft_regrowth=True).soft_regrowth is True
+    assert make_config("rigl").soft_regrowth is False and make_config("chts").soft_regrowth is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -38,6 +39,16 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "chsnn": dict(init="sscti", weight_init="sswi", removal="lrs", regrowth="CH3", chain_removal=True, regrow_removed=False),
 }
 METHOD_NAMES = tuple(METHOD_PRESETS)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A config resolves several times per run; say a thing about it once per process."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _is_int(v) -> bool:
@@ -168,6 +179,14 @@ class EngineConfig:
         if cfg.method == "dense":
             cfg.sparsity = 0.0
         cfg._validate()
+        if cfg.soft_regrowth and cfg.regrowth in strategies.DENSE_GRADIENT_REGROWTHS:
+            # A config that samples CH-SNN's link-prediction scores (the MLP zoo configs)
+            # run with --method rigl stays RigL: the top gradients, not a draw by gradient.
+            _warn_once(
+                f"soft_regrowth samples regrowth by link-prediction score; regrowth={cfg.regrowth} (RigL) takes "
+                "the top gradients, so it is ignored here (--set engine.soft_regrowth=null to silence this)"
+            )
+            cfg.soft_regrowth = False
         if cfg.end_step is None and cfg.total_steps:
             cfg.end_step = max(1, round(cfg.end_fraction * cfg.total_steps))
         if cfg.zeta_schedule == "auto":
