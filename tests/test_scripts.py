@@ -30,7 +30,7 @@ def test_initial_topology_reads_a_run_directory_or_its_config(run):
     assert by_dir.returncode == 0, by_dir.stderr
     lines = by_dir.stdout.splitlines()
     assert lines[0].startswith(f"{run} (sparsity") and "init sscti" in lines[0]
-    # one line per sparse layer, with its shape; SSCTI links every varying input of the first layer here
+    # one line per sparse layer, with its shape
     assert [line.split()[0] for line in lines[1:]] == ["hidden.0", "hidden.2"]
     assert "(48, 64)" in lines[1] and "(32, 48)" in lines[2]
     by_config = script("initial_topology.py", run / "config.yaml")
