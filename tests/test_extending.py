@@ -112,3 +112,40 @@ def test_the_readme_shows_both_examples_as_the_tests_run_them():
         block = re.search(r"```python\n(.*?)```", (root / "docs" / doc).read_text(), re.S).group(1)
         assert block in shown, f"README's Extending section no longer shows docs/{doc}'s example"
         assert len(block.strip().splitlines()) <= 15
+
+
+def test_a_registered_init_that_reads_calibration_gets_the_statistics():
+    # A user's initialisers flagged as reading calibration see ctx.stats, as SSCTI and SSWI do;
+    # unflagged ones are not handed the calibration pass.
+    from chsnn.sparse import register_topology_init, register_weight_init
+    from chsnn.sparse.config import EngineConfig
+    from chsnn.sparse.layout import calibration_uses
+
+    seen = {}
+
+    def record(key, result):
+        def rule(ctx):
+            seen.setdefault(key, []).append(ctx.stats)
+            return result(ctx)
+
+        return rule
+
+    register_topology_init("top_by_rate", correlated=True)(record("topology", strategies.TOPOLOGY_INITS["sscti"]))
+    register_weight_init("sswi_copy", reads_activity=True)(record("weights", strategies.WEIGHT_INITS["sswi"]))
+    register_weight_init("kaiming_copy")(record("blind", strategies.WEIGHT_INITS["kaiming"]))
+    try:
+        make("set", 0.7, init="top_by_rate", weight_init="sswi_copy")
+        assert seen["topology"] and all(s is not None and s.any_active for s in seen["topology"])
+        assert seen["weights"] and all(s is not None for s in seen["weights"])
+        make("set", 0.7, weight_init="kaiming_copy")
+        assert seen["blind"] and all(s is None for s in seen["blind"])
+        cfg = EngineConfig.from_dict({"method": "set", "sparsity": 0.7, "init": "top_by_rate", "weight_init": "sswi_copy"})
+        assert calibration_uses(cfg) == ["init=top_by_rate", "weight_init=sswi_copy"]
+    finally:
+        for name, registry, flags in [
+            ("top_by_rate", strategies.TOPOLOGY_INITS, strategies.CORRELATED_INITS),
+            ("sswi_copy", strategies.WEIGHT_INITS, strategies.ACTIVITY_WEIGHT_INITS),
+            ("kaiming_copy", strategies.WEIGHT_INITS, strategies.ACTIVITY_WEIGHT_INITS),
+        ]:
+            registry.pop(name, None)
+            flags.discard(name)

@@ -62,6 +62,8 @@ REMOVALS: dict[str, Callable] = {}
 SOFT_REMOVALS: set[str] = set()  # these sample the kept links by score^T
 REGROWTHS: dict[str, Callable] = {}
 DENSE_GRADIENT_REGROWTHS: set[str] = set()  # these read ctx.accumulated_grad
+CORRELATED_INITS: set[str] = set()  # topology inits that read calibration correlations (ctx.stats)
+ACTIVITY_WEIGHT_INITS: set[str] = set()  # weight inits that read calibration activity (ctx.stats)
 
 
 def _register(registry: dict, stage: str, name: str, flags: set | None = None):
@@ -82,16 +84,18 @@ def _register(registry: dict, stage: str, name: str, flags: set | None = None):
     return deco
 
 
-def register_topology_init(name: str):
+def register_topology_init(name: str, correlated: bool = False):
     """Decorator: ``fn(ctx) -> bool (n_out, n_in) mask`` of ``ctx.n_links``
-    links, from the calibration statistics ``ctx.stats``."""
-    return _register(TOPOLOGY_INITS, "topology init", name)
+    links. ``correlated``: it reads the calibration statistics ``ctx.stats``
+    (with correlations), so the engine runs calibration for it."""
+    return _register(TOPOLOGY_INITS, "topology init", name, CORRELATED_INITS if correlated else None)
 
 
-def register_weight_init(name: str):
+def register_weight_init(name: str, reads_activity: bool = False):
     """Decorator: ``fn(ctx) -> per-neuron std (n_out, 1)`` for the links of
-    ``ctx.mask``, or None to keep the weights."""
-    return _register(WEIGHT_INITS, "weight init", name)
+    ``ctx.mask``, or None to keep the weights. ``reads_activity``: it reads
+    the calibration statistics ``ctx.stats``, so the engine runs calibration for it."""
+    return _register(WEIGHT_INITS, "weight init", name, ACTIVITY_WEIGHT_INITS if reads_activity else None)
 
 
 def register_removal(name: str, soft: bool = False):
@@ -116,9 +120,6 @@ def random_topology(ctx: UpdateContext):
     """Erdos-Renyi: n_links positions uniformly at random (SET, RigL, MEST)."""
     everything = torch.ones(ctx.n_out, ctx.n_in, dtype=torch.bool, device=ctx.generator.device)
     return select_top(None, everything, ctx.n_links, ctx.generator)
-
-
-CORRELATED_INITS = ("sscti", "csti", "csti_tiled")  # these read calibration correlations
 
 
 def spread_anchors(n_out: int, varying: torch.Tensor) -> torch.Tensor:
@@ -227,8 +228,8 @@ def top_links_per_row(scores: torch.Tensor, n_links: int, generator) -> torch.Te
     return mask | (next_best & row_gets.unsqueeze(1))
 
 
-@register_topology_init("sscti")
-@register_topology_init("csti")
+@register_topology_init("sscti", correlated=True)
+@register_topology_init("csti", correlated=True)
 def correlated_topology(ctx: UpdateContext):
     """SSCTI / CSTI: each output neuron is anchored at an input that varies
     (:func:`spread_anchors`); the links kept are the top ``n_links`` by
@@ -245,7 +246,7 @@ def correlated_topology(ctx: UpdateContext):
     return _cover(_top_links(scores, ctx), scores, varying, ctx)
 
 
-@register_topology_init("csti_tiled")
+@register_topology_init("csti_tiled", correlated=True)
 def tiled_topology(ctx: UpdateContext):
     """The CHT reference's CSTI for MLPs: the first sparse layer's input
     correlation (``ctx.input_stats``, d x d) tiled to the layer's shape, so
@@ -286,7 +287,7 @@ def swi(ctx: UpdateContext):
     return torch.full((ctx.n_out, 1), math.sqrt(ctx.config.init_gain / (density * ctx.n_in)), dtype=torch.float64, device=ctx.mask.device)
 
 
-@register_weight_init("sswi")
+@register_weight_init("sswi", reads_activity=True)
 def sswi(ctx: UpdateContext):
     """SSWI: the variance is divided by each neuron's effective active inputs,
     the sum of E[a^2] over its presynaptic neurons (in-degree x mean firing
@@ -304,7 +305,7 @@ def sswi(ctx: UpdateContext):
     return torch.sqrt(ctx.config.init_gain / effective.clamp_min(1e-12)).unsqueeze(1)
 
 
-@register_weight_init("sswi_layer")
+@register_weight_init("sswi_layer", reads_activity=True)
 def sswi_layer(ctx: UpdateContext):
     """SSWI with one firing rate per layer: each neuron's in-degree times the
     mean E[a^2] over all the layer's presynaptic neurons (CH-SPEC section 3
@@ -318,9 +319,6 @@ def sswi_layer(ctx: UpdateContext):
     if stats is not None and stats.any_active:  # (all silent: the engine has warned, firing rate 1)
         rate = float(stats.second_moment.double().mean())
     return torch.sqrt(ctx.config.init_gain / (indeg * rate).clamp_min(1e-12)).unsqueeze(1)
-
-
-ACTIVITY_WEIGHT_INITS = ("sswi", "sswi_layer")  # these read calibration activity
 
 
 def _warn_silent_neurons(ctx: UpdateContext, fell_back: int) -> None:
