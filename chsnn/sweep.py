@@ -247,12 +247,11 @@ def _train_process(run: Run, threads: int) -> tuple[Run, int, float]:
 
 
 def run_grid(runs: list[Run], workers: int, threads: int, progress: bool = True) -> list[tuple[Run, str]]:
-    """Train the unfinished runs; returns the failures (run, log tail)."""
+    """Train the unfinished runs; returns the failures (run, log tail). The
+    finished ones are the grid's: the caller has checked them (check_reusable)."""
     from tqdm import tqdm
 
     todo = [r for r in runs if not r.finished]
-    for r in runs:
-        check_reusable(r)
     failures = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep runs", unit="run", disable=not progress, dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -310,9 +309,8 @@ def _sweep_command(args) -> int:
         if differing:
             print(f"{differing} hold a run of a different config: the sweep stops on them; delete those directories or change `out`")
         return 0
-    if args.table_only:  # tabulate only runs of the grid's configs, as training would
-        for r in runs:
-            check_reusable(r)
+    for r in runs:  # train on, or tabulate, only runs of the grid's configs
+        check_reusable(r)
     failures = [] if args.table_only else run_grid(runs, workers, args.threads, progress=not args.quiet)
     # The command that reproduces the tables: how many processes trained them, or
     # whether this call only re-tabulated, does not change a number.
