@@ -25,6 +25,7 @@ from chsnn.files import atomic_write  # noqa: F401  (part of the run directory A
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+PREDICTIONS = "predictions.npz"  # the final evaluation's label and predicted class per test sample, in test-set order
 TENSORBOARD = "tb"
 CHECKPOINTS = ("latest", "best")  # latest.pt and best.pt
 DEFAULT_CHECKPOINT = "latest"
@@ -130,6 +131,25 @@ class RunDir:
     def summary(self) -> dict:
         return read_json(self.file(SUMMARY))
 
+    def predictions(self):
+        """``(labels, predicted)`` of the final evaluation, two int64 arrays
+        in test-set order, or None when the run wrote none (runs from before
+        2026-12-08, multi-process runs). Read without pickle: the file holds
+        numbers only."""
+        import numpy as np
+
+        path = self.file(PREDICTIONS)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                labels, predicted = f["label"], f["predicted"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path} is not a predictions file chsnn wrote ({exc}); delete it or train the run again") from None
+        if labels.ndim != 1 or labels.shape != predicted.shape or labels.dtype.kind not in "iu" or predicted.dtype.kind not in "iu":
+            raise ValueError(f"{path} does not hold two integer arrays of one length; delete it or train the run again")
+        return labels.astype(np.int64), predicted.astype(np.int64)
+
     def checkpoints(self) -> list[str]:
         """The checkpoint files present, in :data:`CHECKPOINTS` order."""
         return [f"{which}.pt" for which in CHECKPOINTS if self.file(f"{which}.pt").is_file()]
@@ -166,6 +186,12 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.file(name), text)
+
+    def write_predictions(self, labels, predicted) -> None:
+        """predictions.npz: each test sample's label and predicted class (read back by :meth:`predictions`)."""
+        import numpy as np
+
+        atomic_write(self.file(PREDICTIONS), lambda f: np.savez(f, label=np.asarray(labels), predicted=np.asarray(predicted)))
 
     def write_metrics(self, rows: list[dict]) -> None:
         """metrics.jsonl holding exactly ``rows``."""

@@ -81,6 +81,12 @@ class Run:
             self._summary = json.loads((self.run_dir / "summary.json").read_text())
         return self._summary
 
+    def predictions(self):
+        """``(labels, predicted)`` of the run's final evaluation, or None (see :meth:`RunDir.predictions`)."""
+        from chsnn.rundir import RunDir
+
+        return RunDir(self.run_dir).predictions() if self.finished else None
+
 
 # Grid -----------------------------------------------------------------------------
 

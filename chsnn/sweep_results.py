@@ -120,10 +120,62 @@ def versus(ours: dict, rival: dict) -> tuple[float, float, int, int]:
     return diff, spread, *paired_lead(ours, rival)
 
 
-def comparison_table(rows: list[dict], labels: list[str], sparsities: list[float], method: str = "chsnn") -> str | None:
+def mcnemar_p(only_ours: int, only_rival: int) -> float:
+    """Two-sided exact McNemar test: the probability, if both classifiers were
+    equally good, of a split of the discordant samples at least this uneven
+    (a binomial test of ``only_ours`` out of ``only_ours + only_rival`` at 1/2)."""
+    from scipy.stats import binomtest
+
+    n = only_ours + only_rival
+    return 1.0 if n == 0 else float(binomtest(only_ours, n, 0.5).pvalue)
+
+
+def discordant(ours: dict, rival: dict) -> tuple[int, int] | None:
+    """Test samples that only ``ours`` got right and that only ``rival`` got
+    right, pooled over the seeds both ran; ``ours``/``rival``: seed ->
+    (labels, predicted). None unless every common seed has predictions on
+    both sides over the same labels (the same test split)."""
+    common = sorted(set(ours) & set(rival))
+    if not common:
+        return None
+    only_ours = only_rival = 0
+    for seed in common:
+        (y_a, p_a), (y_b, p_b) = ours[seed], rival[seed]
+        if y_a.shape != y_b.shape or not (y_a == y_b).all():
+            return None
+        right_a, right_b = p_a == y_a, p_b == y_b
+        only_ours += int((right_a & ~right_b).sum())
+        only_rival += int((right_b & ~right_a).sum())
+    return only_ours, only_rival
+
+
+def run_predictions(runs: list[Run]) -> dict[tuple, dict]:
+    """(label, sparsity) -> {seed: (labels, predicted)} of the finished method runs
+    that saved their predictions; a cell missing any seed's predictions is left out."""
+    cells: dict[tuple, dict] = {}
+    incomplete = set()
+    for r in runs:
+        if "methods" not in r.groups or not r.finished:
+            continue
+        key = (r.label, r.sparsity)
+        pred = r.predictions()
+        if pred is None:
+            incomplete.add(key)
+        else:
+            cells.setdefault(key, {})[r.seed] = pred
+    return {k: v for k, v in cells.items() if k not in incomplete}
+
+
+def comparison_table(
+    rows: list[dict], labels: list[str], sparsities: list[float], method: str = "chsnn", predictions: dict | None = None
+) -> str | None:
     """``method`` against every other row of the method table at each sparsity:
     the mean difference in points and on how many paired seeds it is ahead; a
-    difference larger than both methods' std is bold."""
+    difference larger than both methods' std is bold. With ``predictions``
+    (:func:`run_predictions`), a cell whose runs all saved them adds the
+    test samples only each side got right, pooled over the seeds, and the
+    exact McNemar p-value of that split."""
+    predictions = predictions or {}
     by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
     if not any((method, s) in by for s in sparsities) or not any(label != method for label in labels):
         return None  # nothing to compare (e.g. a grid of CH-SNN and its ablation only)
@@ -139,7 +191,13 @@ def comparison_table(rows: list[dict], labels: list[str], sparsities: list[float
                 continue
             diff, spread, ahead, n = versus(ours, rival)
             number = f"**{diff:+.2f}**" if abs(diff) > spread else f"{diff:+.2f}"
-            cells.append(f"{number} ({ahead}/{n})")
+            split = None
+            if (method, s) in predictions and (rival["label"], rival["sparsity"]) in predictions:
+                split = discordant(predictions[(method, s)], predictions[(rival["label"], rival["sparsity"])])
+            if split is None:
+                cells.append(f"{number} ({ahead}/{n})")
+            else:
+                cells.append(f"{number} ({ahead}/{n}; {split[0]}:{split[1]}, p {mcnemar_p(*split):.2g})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -363,14 +421,22 @@ def write_results(
     ]
     if "chsnn" in labels:  # a grid without CH-SNN (a tuning grid) has nothing to judge
         lines += [f"- {v}" for v in verdicts(rows, key_sparsity)]
+    predictions = run_predictions(runs)
     for method in ["chsnn", *grid.get("compare", [])]:
-        comparison = comparison_table(rows, labels, sparsities, method)
+        comparison = comparison_table(rows, labels, sparsities, method, predictions)
         if comparison is not None:
             name = "CH-SNN" if method == "chsnn" else method
+            samples = (
+                f" Where both methods' runs saved their predictions: the test samples only {name} got right : only "
+                "the other got right, pooled over the seeds, and the two-sided exact McNemar p-value of that split "
+                "(small p: the two are unlikely to be equally accurate on this data)."
+                if ", p " in comparison
+                else ""
+            )
             lines += [
                 "",
                 f"{name} against each method, paired by seed: the difference of the means in points (seeds on which "
-                f"{name} is ahead / seeds both ran); **bold**: larger than either method's standard deviation.",
+                f"{name} is ahead / seeds both ran); **bold**: larger than either method's standard deviation.{samples}",
                 "",
                 comparison,
             ]

@@ -64,6 +64,7 @@ class Progress:
     records_start: int = 0  # the engine's topology-update records before this epoch
     stopped: bool = False  # max_steps reached
     last_saved: int | None = None  # the step latest.pt holds
+    predictions: tuple | None = None  # (labels, predicted classes) of the last evaluation, for predictions.npz
 
     def epoch_sums(self) -> dict:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": int(self.seen), "records_start": self.records_start}
@@ -226,22 +227,31 @@ class Runner:
     # Evaluation
 
     @torch.no_grad()
-    def evaluate(self, dataset=None) -> dict:
+    def evaluate(self, dataset=None, predictions: bool = False) -> dict:
         """Test accuracy and loss, firing rates, and the synaptic operations
         and energy per sample (CH-SPEC section 7), in one pass. In a
         multi-process run each rank scores its part of every batch and the
-        sums are reduced over the ranks (every rank gets the same result)."""
+        sums are reduced over the ranks (every rank gets the same result).
+        ``predictions``: also return each sample's label and predicted class
+        in test-set order (``"predictions"``: two tensors; single-process runs
+        only, where the samples are in order)."""
         from chsnn.energy import account_energy
 
         dataset = dataset or self.data.test
         probes = FiringRateProbes(self.model)
         score = {"correct": 0, "total": 0, "loss": 0.0}
+        keep = predictions and self.world == 1
+        labels, predicted = [], []
 
         def tally(batch, logits):
             y = batch[1].to(self.device)
+            guess = logits.argmax(1)
             score["loss"] += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            score["correct"] += int((logits.argmax(1) == y).sum())
+            score["correct"] += int((guess == y).sum())
             score["total"] += y.numel()
+            if keep:
+                labels.append(y.cpu())
+                predicted.append(guess.cpu())
 
         batch_size = self.cfg["eval_batch_size"]
         local = self.shard_samples(len(dataset), batch_size)
@@ -272,6 +282,8 @@ class Runner:
         }
         if self.spiking:
             out["sops_per_sample"] = totals["sops"]
+        if keep and labels:
+            out["predictions"] = (torch.cat(labels), torch.cat(predicted))
         return out
 
     def non_finite(self) -> str | None:
@@ -408,6 +420,8 @@ class Runner:
                 writer.close()
         summary = make_summary(self, p.history, p.wall_before + time.time() - started)
         if main:
+            if p.predictions is not None:  # the final evaluation's, for paired tests between runs (chsnn sweep)
+                run.write_predictions(*(t.numpy() for t in p.predictions))
             run.write_text(SUMMARY, json.dumps(summary, indent=2))
         if not quiet:
             print(summary_screen(summary, run.path))
@@ -498,7 +512,8 @@ class Runner:
         bad = self.non_finite()
         if bad is not None:
             raise TrainingDiverged(f"{bad} holds NaN or infinite values after step {p.step} (epoch {p.epoch + 1})")
-        evaluation = self.evaluate()
+        evaluation = self.evaluate(predictions=True)
+        p.predictions = evaluation.get("predictions")
         updates = engine.records[p.records_start :]
         row = {
             "epoch": p.epoch + 1,

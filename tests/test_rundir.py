@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,35 @@ def test_run_dir_reads_what_train_wrote(tiny_run):
     assert [row["epoch"] for row in run.metrics()] == [1]
     assert run.summary()["steps"] == 2
     assert run.checkpoints() == ["latest.pt", "best.pt"]
+
+
+def test_predictions_are_the_final_evaluations(tiny_run):
+    # predictions.npz: every test sample in test-set order; its accuracy is summary.json's
+    labels, predicted = RunDir(tiny_run).predictions()
+    assert len(labels) == 8 and labels.dtype == predicted.dtype == np.int64
+    assert float((labels == predicted).mean()) == pytest.approx(RunDir(tiny_run).summary()["test_accuracy"])
+    from chsnn.trainer import Runner
+
+    runner = Runner(RunDir(tiny_run).config())
+    expected = torch.cat([y for _, y in runner.batches(runner.data.test, 3, epoch=-1)])
+    assert labels.tolist() == expected.tolist()  # the test set's own order, whatever the batch size
+
+
+def test_predictions_files_are_checked(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.predictions() is None  # an older run: none
+    run.write_predictions(np.array([1, 2, 3]), np.array([1, 0, 3]))
+    labels, predicted = run.predictions()
+    assert labels.tolist() == [1, 2, 3] and predicted.tolist() == [1, 0, 3]
+    run.file("predictions.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="predictions.npz is not a predictions file chsnn wrote"):
+        run.predictions()
+    np.savez(run.file("predictions.npz"), label=np.array([1, 2]), predicted=np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="does not hold two integer arrays of one length"):
+        run.predictions()
+    np.savez(run.file("predictions.npz"), label=np.array([1, 2], dtype=object), predicted=np.array([1, 2], dtype=object))
+    with pytest.raises(ValueError, match="not a predictions file"):  # an object array would need pickle: refused
+        run.predictions()
 
 
 # load_model ------------------------------------------------------------------------------

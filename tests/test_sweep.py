@@ -12,7 +12,16 @@ from chsnn.cli import main
 from chsnn.config import resolve_config
 from chsnn.sparse import ConfigError
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
-from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on, machine_line, what_seeds_draw
+from chsnn.sweep_results import (
+    ablation_table,
+    comparison_table,
+    describe_recipe,
+    discordant,
+    evaluated_on,
+    machine_line,
+    mcnemar_p,
+    what_seeds_draw,
+)
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -321,6 +330,67 @@ def test_a_variant_named_in_compare_gets_its_own_paired_table(tmp_path):
     assert body["finished"] == 6 and "chsnn_every_epoch against each method, paired by seed" in text
     # against set +4.5 points and chsnn +1.5, both beyond the stds (0.71 points at most): bold
     assert "| set | **+4.50** (2/2) |" in text and "| chsnn | **+1.50** (2/2) |" in text
+
+
+def _slow_mcnemar_p(b: int, c: int) -> float:
+    # the definition: twice the smaller binomial tail of Bin(b + c, 1/2), capped at 1
+    from fractions import Fraction
+    from math import comb
+
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(Fraction(comb(n, k), 2**n) for k in range(min(b, c) + 1))
+    return float(min(Fraction(1), 2 * tail))
+
+
+@pytest.mark.parametrize("b,c", [(0, 0), (7, 0), (0, 7), (10, 10), (31, 24), (3, 12), (60, 40), (1, 2)])
+def test_mcnemar_p_is_the_exact_binomial_test(b, c):
+    assert mcnemar_p(b, c) == pytest.approx(_slow_mcnemar_p(b, c), rel=1e-12)
+
+
+def test_discordant_pools_the_seeds_and_needs_the_same_test_samples():
+    import numpy as np
+
+    y = np.array([0, 1, 2, 3])
+    ours = {0: (y, np.array([0, 1, 2, 0])), 1: (y, np.array([0, 0, 2, 3]))}
+    rival = {0: (y, np.array([0, 0, 0, 3])), 1: (y, np.array([1, 1, 2, 3])), 2: (y, y)}
+    # seed 0: ours alone right on 1 and 2, rival alone on 3; seed 1: ours alone on 0, rival alone on 1
+    assert discordant(ours, rival) == (3, 2)  # seed 2 ran for the rival only: not counted
+    assert discordant(ours, {0: (np.array([0, 1, 2, 2]), y)}) is None  # another test split
+    assert discordant(ours, {5: (y, y)}) is None  # no seed in common
+
+
+def test_comparison_table_adds_the_paired_sample_test_where_runs_saved_predictions(tmp_path):
+    import numpy as np
+
+    from chsnn.rundir import RunDir
+    from chsnn.sweep_results import run_predictions, write_results
+
+    grid = load_grid(write_grid(tmp_path, sparsities=[0.95], methods={"set": {"method": "set"}, "chsnn": {"method": "chsnn"}}))
+    grid.pop("ablation", None)
+    y = np.arange(100) % 10
+    runs = []
+    for label, wrong in (("set", 20), ("chsnn", 5)):  # set misses the first 20 samples, chsnn the first 5
+        for seed in (0, 1):
+            run = _fake(tmp_path, label, 0.95, seed, 1 - wrong / 100)
+            run.cfg = {"model": "snn-mlp", "data": "x", "time_steps": 4, "epochs": 1, "batch_size": 8, "optimizer": "adam"}
+            run.cfg.update(lr=0.01, lr_schedule="cosine", engine={"method": label, "sparsity": 0.95})
+            predicted = y.copy()
+            predicted[:wrong] = (y[:wrong] + 1) % 10
+            RunDir(run.run_dir).write_predictions(y, predicted)
+            runs.append(run)
+    write_results(grid, runs, "chsnn sweep grid.yaml", None, None)
+    text = (tmp_path / "runs" / "results.md").read_text()
+    # 15 samples per seed only chsnn got right, none only set: 30:0 over both seeds
+    assert f"| set | **+15.00** (2/2; 30:0, p {mcnemar_p(30, 0):.2g}) |" in text
+    assert "two-sided exact McNemar p-value" in text
+    # one run without predictions (an older run): that method's cells keep the seed count only
+    (runs[0].run_dir / "predictions.npz").unlink()
+    assert ("set", 0.95) not in run_predictions(runs)
+    write_results(grid, runs, "chsnn sweep grid.yaml", None, None)
+    text = (tmp_path / "runs" / "results.md").read_text()
+    assert "| set | **+15.00** (2/2) |" in text and "McNemar" not in text
 
 
 def test_a_gpu_run_records_its_gpu_not_the_host_cpu(monkeypatch):
