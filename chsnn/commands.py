@@ -1,11 +1,12 @@
-"""The ``chsnn train``, ``eval`` and ``zoo`` commands, and :func:`train` and
-:func:`evaluate_run`, what they run.
+"""The ``chsnn train``, ``eval``, ``compare`` and ``zoo`` commands, and
+:func:`train`, :func:`evaluate_run` and :func:`compare_runs`, what they run.
 
 ``train`` starts a run (or ``--resume`` continues one) in a run directory
 (:class:`chsnn.rundir.RunDir`); started by ``torchrun`` (``python -m
 torch.distributed.run --nproc_per_node N -m chsnn train ...``) the run is
 data-parallel over N processes (:mod:`chsnn.distributed`). ``eval``
-re-evaluates a run's checkpoint on its test set.
+re-evaluates a run's checkpoint on its test set; ``compare`` tests whether
+two methods' runs differ, paired over the same test samples.
 """
 
 from __future__ import annotations
@@ -190,6 +191,55 @@ def evaluate_run(run_dir: Path, quiet: bool = False, checkpoint: str | None = No
     return result
 
 
+def _predictions_by_seed(run_dirs: list[Path]) -> dict[int, tuple]:
+    """seed (from each run's config.yaml) -> (labels, predicted), naming what is missing."""
+    by_seed: dict[int, tuple] = {}
+    where: dict[int, Path] = {}
+    for path in run_dirs:
+        run = RunDir(path).require()
+        seed = run.config().get("seed")
+        predictions = run.predictions()
+        if predictions is None:
+            raise FileNotFoundError(
+                f"{path} has no predictions.npz: it is unfinished, was trained before chsnn saved predictions "
+                "(2026-12-08) or by several processes; train it again with `chsnn train` to compare it"
+            )
+        if seed in by_seed:
+            raise ValueError(f"two runs of seed {seed} on one side ({where[seed]} and {path}); give one run per seed and side")
+        by_seed[seed], where[seed] = predictions, path
+    return by_seed
+
+
+def compare_runs(ours: list[Path], rivals: list[Path]) -> dict:
+    """Runs of one method against runs of another, paired by seed (the same
+    seed: the same split), pooled over the seeds: each side's accuracy, the
+    test samples only each got right, and the exact McNemar p-value."""
+    from chsnn.stats import discordant, mcnemar_p
+
+    a, b = _predictions_by_seed(ours), _predictions_by_seed(rivals)
+    if set(a) != set(b):
+        raise ValueError(
+            f"the two sides ran different seeds ({sorted(a)} against {sorted(b)}); give the runs of the same seeds on both sides"
+        )
+    split = discordant(a, b)
+    if split is None:
+        raise ValueError(
+            "the two sides' runs of a seed were tested on different samples (another data set or split); "
+            "compare runs of one data set and split"
+        )
+    samples = sum(len(labels) for labels, _ in a.values())
+    right = {side: sum(int((p == y).sum()) for y, p in preds.values()) for side, preds in (("ours", a), ("rival", b))}
+    return {
+        "seeds": sorted(a),
+        "samples": samples,
+        "accuracy": right["ours"] / samples,
+        "rival_accuracy": right["rival"] / samples,
+        "only_ours": split[0],
+        "only_rival": split[1],
+        "p_value": mcnemar_p(*split),
+    }
+
+
 # Command line ---------------------------------------------------------------------
 
 
@@ -220,6 +270,19 @@ def add_commands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", metavar="{latest,best}", help=CHECKPOINT_HELP)
     p.set_defaults(func=_eval_command)
+
+    p = sub.add_parser(
+        "compare",
+        help="is one method's accuracy different from another's? an exact McNemar test over the same test samples",
+        description="Compare runs of one method (RUN ...) with runs of another (--against RUN ...), paired by seed "
+        "(the same seed: the same test split) and pooled over the seeds: each side's accuracy, the test samples only "
+        "each side got right, and the two-sided exact McNemar p-value. Reads each run's predictions.npz. Example, "
+        "5-fold runs: chsnn compare runs/a_seed{0..4} --against runs/b_seed{0..4}",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories of the first method")
+    p.add_argument("--against", nargs="+", required=True, metavar="RUN", help="run directories of the other method")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_compare_command)
 
     p = sub.add_parser("zoo", help="list the zoo configs and the figures they reached")
     p.set_defaults(func=_zoo_command)
@@ -292,6 +355,21 @@ def _train_command_inner(args) -> int:
 def _eval_command(args) -> int:
     result = evaluate_run(Path(args.run_dir), checkpoint=args.checkpoint)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _compare_command(args) -> int:
+    result = compare_runs([Path(r) for r in args.runs], [Path(r) for r in args.against])
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    n, seeds = result["samples"], ", ".join(str(s) for s in result["seeds"])
+    diff = (result["accuracy"] - result["rival_accuracy"]) * 100
+    verdict = "a difference this uneven is unlikely by chance" if result["p_value"] < 0.05 else "no evidence of a difference"
+    print(f"runs:    {result['accuracy']:.4f}  ({len(args.runs)} run(s), seeds {seeds}, {n} test samples)")
+    print(f"against: {result['rival_accuracy']:.4f}  ({diff:+.2f} points)")
+    print(f"samples only the runs got right: {result['only_ours']}; only the others: {result['only_rival']}")
+    print(f"exact McNemar test, two-sided: p = {result['p_value']:.3g} ({verdict} at the 5% level)")
     return 0
 
 

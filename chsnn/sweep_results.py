@@ -10,6 +10,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chsnn.stats import discordant, mcnemar_p
+
 if TYPE_CHECKING:
     from chsnn.sweep import Run
 
@@ -118,35 +120,6 @@ def versus(ours: dict, rival: dict) -> tuple[float, float, int, int]:
     diff = (ours["test_accuracy"] - rival["test_accuracy"]) * 100
     spread = max(ours["test_accuracy_std"], rival["test_accuracy_std"]) * 100
     return diff, spread, *paired_lead(ours, rival)
-
-
-def mcnemar_p(only_ours: int, only_rival: int) -> float:
-    """Two-sided exact McNemar test: the probability, if both classifiers were
-    equally good, of a split of the discordant samples at least this uneven
-    (a binomial test of ``only_ours`` out of ``only_ours + only_rival`` at 1/2)."""
-    from scipy.stats import binomtest
-
-    n = only_ours + only_rival
-    return 1.0 if n == 0 else float(binomtest(only_ours, n, 0.5).pvalue)
-
-
-def discordant(ours: dict, rival: dict) -> tuple[int, int] | None:
-    """Test samples that only ``ours`` got right and that only ``rival`` got
-    right, pooled over the seeds both ran; ``ours``/``rival``: seed ->
-    (labels, predicted). None unless every common seed has predictions on
-    both sides over the same labels (the same test split)."""
-    common = sorted(set(ours) & set(rival))
-    if not common:
-        return None
-    only_ours = only_rival = 0
-    for seed in common:
-        (y_a, p_a), (y_b, p_b) = ours[seed], rival[seed]
-        if y_a.shape != y_b.shape or not (y_a == y_b).all():
-            return None
-        right_a, right_b = p_a == y_a, p_b == y_b
-        only_ours += int((right_a & ~right_b).sum())
-        only_rival += int((right_b & ~right_a).sum())
-    return only_ours, only_rival
 
 
 def run_predictions(runs: list[Run]) -> dict[tuple, dict]:

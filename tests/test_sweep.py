@@ -11,17 +11,9 @@ import yaml
 from chsnn.cli import main
 from chsnn.config import resolve_config
 from chsnn.sparse import ConfigError
+from chsnn.stats import discordant, mcnemar_p
 from chsnn.sweep import Run, aggregate, check_reusable, load_grid, method_table, plan_runs, verdicts
-from chsnn.sweep_results import (
-    ablation_table,
-    comparison_table,
-    describe_recipe,
-    discordant,
-    evaluated_on,
-    machine_line,
-    mcnemar_p,
-    what_seeds_draw,
-)
+from chsnn.sweep_results import ablation_table, comparison_table, describe_recipe, evaluated_on, machine_line, what_seeds_draw
 
 TINY = {
     "config": "snn-mlp_ndigits",
@@ -391,6 +383,49 @@ def test_comparison_table_adds_the_paired_sample_test_where_runs_saved_predictio
     write_results(grid, runs, "chsnn sweep grid.yaml", None, None)
     text = (tmp_path / "runs" / "results.md").read_text()
     assert "| set | **+15.00** (2/2) |" in text and "McNemar" not in text
+
+
+def test_compare_command_pairs_runs_by_seed(tmp_path, capsys):
+    import numpy as np
+
+    from chsnn.rundir import RunDir
+
+    y = np.arange(50) % 5
+
+    def run(name, seed, wrong, labels=y):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+        predicted = labels.copy()
+        predicted[wrong] = (labels[wrong] + 1) % 5
+        RunDir(path).write_predictions(labels, predicted)
+        return str(path)
+
+    ours = [run("a0", 0, [0]), run("a1", 1, [])]
+    rivals = [run("b1", 1, [1, 2, 3]), run("b0", 0, [0, 4, 5, 6, 7])]  # in another order: paired by seed, not position
+    assert main(["compare", *ours, "--against", *rivals, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seeds"] == [0, 1] and result["samples"] == 100
+    assert (result["only_ours"], result["only_rival"]) == (7, 0)  # sample 0 of seed 0 both missed
+    assert result["accuracy"] == 0.99 and result["rival_accuracy"] == 0.92
+    assert result["p_value"] == pytest.approx(_slow_mcnemar_p(7, 0))
+    assert main(["compare", *ours, "--against", *rivals]) == 0
+    out = capsys.readouterr().out
+    assert "p = 0.0156 (a difference this uneven is unlikely by chance at the 5% level)" in out and "+7.00 points" in out
+    # errors name the problem, on one line, exit 2
+    cases = [
+        ([ours[0], "--against", rivals[0]], "ran different seeds ([0] against [1])"),
+        ([*ours, "--against", rivals[0], run("c1", 1, [])], "two runs of seed 1 on one side"),
+        ([ours[0], "--against", run("d0", 0, [], labels=(y + 1) % 5)], "tested on different samples"),
+        ([ours[0], "--against", str(tmp_path / "missing")], "does not exist"),
+    ]
+    (tmp_path / "e0").mkdir()
+    (tmp_path / "e0" / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+    cases.append(([ours[0], "--against", str(tmp_path / "e0")], "has no predictions.npz"))
+    for argv, message in cases:
+        assert main(["compare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
 
 
 def test_a_gpu_run_records_its_gpu_not_the_host_cpu(monkeypatch):
