@@ -202,7 +202,7 @@ def _predictions_by_seed(run_dirs: list[Path]) -> dict[int, tuple]:
         if predictions is None:
             raise FileNotFoundError(
                 f"{path} has no predictions.npz: it is unfinished, was trained by a chsnn that did not save "
-                "predictions (before 2026-12-07) or by several processes; train it again with `chsnn train` to compare it"
+                "predictions (before 2026-12-07; several processes: before 2026-12-08); train it again with `chsnn train` to compare it"
             )
         if seed in by_seed:
             raise ValueError(f"two runs of seed {seed} on one side ({where[seed]} and {path}); give one run per seed and side")

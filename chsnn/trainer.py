@@ -233,14 +233,14 @@ class Runner:
         multi-process run each rank scores its part of every batch and the
         sums are reduced over the ranks (every rank gets the same result).
         ``predictions``: also return each sample's label and predicted class
-        in test-set order (``"predictions"``: two tensors; single-process runs
-        only, where the samples are in order)."""
+        in test-set order (``"predictions"``: two int64 tensors; in a
+        multi-process run the ranks' parts are gathered and put back in order,
+        on every rank)."""
         from chsnn.energy import account_energy
 
         dataset = dataset or self.data.test
         probes = FiringRateProbes(self.model)
         score = {"correct": 0, "total": 0, "loss": 0.0}
-        keep = predictions and self.world == 1
         labels, predicted = [], []
 
         def tally(batch, logits):
@@ -249,7 +249,7 @@ class Runner:
             score["loss"] += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             score["correct"] += int((guess == y).sum())
             score["total"] += y.numel()
-            if keep:
+            if predictions:
                 labels.append(y.cpu())
                 predicted.append(guess.cpu())
 
@@ -282,9 +282,25 @@ class Runner:
         }
         if self.spiking:
             out["sops_per_sample"] = totals["sops"]
-        if keep and labels:
-            out["predictions"] = (torch.cat(labels), torch.cat(predicted))
+        if predictions:
+            out["predictions"] = self._in_test_order(labels, predicted, len(dataset), batch_size)
         return out
+
+    def _in_test_order(self, labels: list, predicted: list, n: int, batch_size: int) -> tuple:
+        """(labels, predicted) of the whole evaluation in test-set order. One
+        process scores the samples in order; several each score their
+        contiguous part of every batch, so the parts are gathered with their
+        sample indices and sorted back (one collective per evaluation)."""
+        mine = torch.stack([torch.cat(labels), torch.cat(predicted)], 1).long() if labels else torch.zeros((0, 2), dtype=torch.long)
+        if self.world > 1:
+            starts = range(0, n, batch_size)
+            index = [distributed.shard(torch.arange(start, min(n, start + batch_size))) for start in starts]
+            index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+            if index.numel() != mine.shape[0]:  # the evaluation's batches and this reconstruction must agree
+                raise RuntimeError(f"rank {self.rank} scored {mine.shape[0]} test samples but holds {index.numel()} indices")
+            rows = distributed.all_gather_rows(torch.cat([index[:, None], mine], 1), what="gathering the test predictions")
+            mine = rows[rows[:, 0].argsort()][:, 1:]
+        return mine[:, 0], mine[:, 1]
 
     def non_finite(self) -> str | None:
         """The first parameter or floating buffer holding NaN or inf, else

@@ -14,12 +14,14 @@ import sys
 import time
 
 import faults
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from chsnn import distributed
 from chsnn.cli import main
+from chsnn.rundir import RunDir
 from chsnn.sparse import SparseEngine
 
 # Two sparse hidden layers (chain removal), static digits through the direct encoder.
@@ -95,6 +97,12 @@ def test_two_ranks_agree_match_one_process_and_resume(tmp_path, capsys):
     assert s1["firing_rates"].keys() == s2["firing_rates"].keys()
     for k in s1["firing_rates"]:
         assert s1["firing_rates"][k] == pytest.approx(s2["firing_rates"][k], abs=1e-3)
+    # Both write predictions.npz: the two ranks' parts gathered back into test-set order (the labels of the
+    # one-process run, which scores in order), and each file's own accuracy is its summary's.
+    (l1, p1), (l2, p2) = (RunDir(p).predictions() for p in (tmp_path / "one", out))
+    assert len(l1) == 359 and np.array_equal(l1, l2)
+    assert (l1 == p1).mean() == pytest.approx(s1["test_accuracy"]) and (l2 == p2).mean() == pytest.approx(s2["test_accuracy"])
+    assert (p1 == p2).mean() > 0.95
 
 
 def test_hung_rank_fails_with_a_clear_message_under_torchrun(tmp_path):
