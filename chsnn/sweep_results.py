@@ -39,6 +39,7 @@ def aggregate(runs: list[Run]) -> list[dict]:
 
         acc, acc_std = stat("test_accuracy")
         sops, _ = stat("sops_per_sample")
+        macs, _ = stat("macs_per_sample")
         energy, _ = stat("energy_pj_per_sample")
         wall, _ = stat("wall_seconds")
         rows.append(
@@ -53,6 +54,7 @@ def aggregate(runs: list[Run]) -> list[dict]:
                 best_epoch_accuracy=stat("best_test_accuracy")[0],
                 reached_sparsity=stat("sparsity")[0],
                 sops_per_sample=sops,
+                macs_per_sample=macs,
                 energy_uj_per_sample=None if energy is None else energy / 1e6,
                 wall_seconds=wall,
             )
@@ -85,10 +87,19 @@ def what_seeds_draw(runs) -> str:
 
 
 def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -> str:
-    """Methods down, sparsities across: final test accuracy, mean ± std."""
+    """Methods down, sparsities across: final test accuracy, mean ± std, and
+    the cost per sample: synaptic operations for spiking networks,
+    multiply-accumulates where no run counted SOPs (ANNs)."""
     by = {(r["label"], r["sparsity"]): r for r in rows if r["group"] == "methods"}
+    cost, cost_name = "sops_per_sample", "SOPs"
+    if not any(r.get("sops_per_sample") is not None for r in by.values()) and any(r.get("macs_per_sample") for r in by.values()):
+        cost, cost_name = "macs_per_sample", "MACs"  # ANNs: no spikes to count
     head = (
-        "| method | " + " | ".join(f"{s:g}" for s in sparsities) + " | SOPs / sample at " + " / ".join(f"{s:g}" for s in sparsities) + " |"
+        "| method | "
+        + " | ".join(f"{s:g}" for s in sparsities)
+        + f" | {cost_name} / sample at "
+        + " / ".join(f"{s:g}" for s in sparsities)
+        + " |"
     )
     lines = [head, "|" + "---|" * (len(sparsities) + 2)]
     for label in labels:
@@ -97,7 +108,7 @@ def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -
         for s in sparsities:
             r = by.get((label, None) if dense else (label, s))
             accs.append(plus_minus(r["test_accuracy"], r["test_accuracy_std"]) if r else "not run")
-            sops.append("" if not r or r["sops_per_sample"] is None else f"{r['sops_per_sample']:.3g}")
+            sops.append("" if not r or r.get(cost) is None else f"{r[cost]:.3g}")
         if dense:  # one dense run per seed, whatever the sparsity
             accs = [accs[0] + " (dense)"] + ["″"] * (len(sparsities) - 1)
             sops = sops[:1]
@@ -295,6 +306,7 @@ def standalone_svg(inline: str) -> str:
 
 def describe_recipe(grid: dict, runs: list[Run]) -> str:
     from chsnn.config import DEFAULTS
+    from chsnn.models.registry import is_spiking
 
     cfg = runs[0].cfg
     # Only what every run has: a method's own options (its label says them) are not shared.
@@ -305,10 +317,14 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
     }
     extra = f"; engine options shared by all methods: {engine}" if engine else ""
     min_steps = cfg.get("min_update_steps", DEFAULTS["min_update_steps"])
+    try:
+        steps = f"{cfg['time_steps']} time steps, " if is_spiking(cfg["model"]) else ""  # an ANN has none
+    except ValueError:  # a model registered by a plugin this process has not imported
+        steps = f"{cfg['time_steps']} time steps, "
     return (
-        f"model `{cfg['model']}` {cfg.get('model_options') or ''}, data `{cfg['data']}`, {cfg['time_steps']} time steps, "
+        f"model `{cfg['model']}` {cfg.get('model_options') or ''}, data `{cfg['data']}`, {steps}"
         f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), "
-        f"topology updates {cfg.get('updates_per_epoch', 1)} per epoch but at least {min_steps} steps apart"
+        f"topology updates {cfg.get('updates_per_epoch', 1)} per epoch but at least {min_steps} step{'s' if min_steps != 1 else ''} apart"
         f"{updates_made(runs)}{extra}"
     )
 

@@ -206,6 +206,28 @@ def test_recipe_line_names_only_the_engine_options_every_run_shares(tmp_path):
     assert "at least 30 steps apart" in line
 
 
+def test_an_ann_grid_names_no_time_steps_and_counts_macs(tmp_path):
+    # An ANN (model mlp) runs no time steps and fires no spikes: the recipe line leaves the config's
+    # time_steps out, and the table's cost column is multiply-accumulates instead of empty SOPs.
+    base = {"model": "mlp", "data": "mnist:x", "time_steps": 8, "epochs": 100, "batch_size": 32, "optimizer": "sgd"}
+    base.update(lr=0.025, lr_schedule="linear", min_update_steps=1)
+    runs = []
+    for label, sparsity, macs in (("dense", None, 6.0e6), ("cht", 0.99, 7.7e4)):
+        run = _fake(tmp_path, label, sparsity, 0, 0.96)
+        (run.run_dir / "summary.json").write_text(json.dumps({"test_accuracy": 0.96, "macs_per_sample": macs, "sparsity": sparsity or 0.0}))
+        run.cfg = {**base, "engine": {"method": label, "sparsity": 0.99}}
+        runs.append(run)
+    line = describe_recipe({}, runs)
+    assert "time steps" not in line and "at least 1 step apart" in line
+    table = method_table(aggregate(runs), ["dense", "cht"], [0.99])
+    assert "MACs / sample at 0.99" in table and "| cht | 0.9600 ± 0.0000 | 7.7e+04 |" in table
+    # A spiking grid keeps its time steps and SOPs.
+    for run in runs:
+        run.cfg["model"] = "snn-mlp"
+    assert "8 time steps" in describe_recipe({}, runs)
+    assert "SOPs / sample" in method_table(aggregate([_fake(tmp_path / "s", "cht", 0.99, 0, 0.9)]), ["cht"], [0.99])
+
+
 def test_recipe_line_says_how_often_the_topology_was_updated(tmp_path):
     # On a short epoch the step floor, not the epoch, sets the interval: the line says what the runs did.
     base = {"model": "snn-mlp", "data": "nmnist:x", "time_steps": 8, "epochs": 100, "batch_size": 64, "optimizer": "adam"}

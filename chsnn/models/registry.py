@@ -87,6 +87,11 @@ def model_defaults(name: str) -> dict[str, Any]:
     return dict(_entry(name).defaults)
 
 
+def is_spiking(name: str) -> bool:
+    """Whether a registered model is a spiking network (it runs over time steps)."""
+    return _entry(name).spiking
+
+
 def _entry(name: str) -> _Entry:
     if name not in _ENTRIES:
         close = difflib.get_close_matches(str(name), list(_ENTRIES), n=1)
