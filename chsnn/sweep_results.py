@@ -321,8 +321,9 @@ def describe_recipe(grid: dict, runs: list[Run]) -> str:
         steps = f"{cfg['time_steps']} time steps, " if is_spiking(cfg["model"]) else ""  # an ANN has none
     except ValueError:  # a model registered by a plugin this process has not imported
         steps = f"{cfg['time_steps']} time steps, "
+    options = f" {cfg['model_options']}" if cfg.get("model_options") else ""
     return (
-        f"model `{cfg['model']}` {cfg.get('model_options') or ''}, data `{cfg['data']}`, {steps}"
+        f"model `{cfg['model']}`{options}, data `{cfg['data']}`, {steps}"
         f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']} ({cfg['lr_schedule']}), "
         f"topology updates {cfg.get('updates_per_epoch', 1)} per epoch but at least {min_steps} step{'s' if min_steps != 1 else ''} apart"
         f"{updates_made(runs)}{extra}"

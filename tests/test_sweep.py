@@ -218,6 +218,7 @@ def test_an_ann_grid_names_no_time_steps_and_counts_macs(tmp_path):
         run.cfg = {**base, "engine": {"method": label, "sparsity": 0.99}}
         runs.append(run)
     line = describe_recipe({}, runs)
+    assert line.startswith("model `mlp`, data `mnist:x`, 100 epochs")  # no options: no stray space
     assert "time steps" not in line and "at least 1 step apart" in line
     table = method_table(aggregate(runs), ["dense", "cht"], [0.99])
     assert "MACs / sample at 0.99" in table and "| cht | 0.9600 ± 0.0000 | 7.7e+04 |" in table
