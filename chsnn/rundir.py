@@ -133,9 +133,10 @@ class RunDir:
 
     def predictions(self):
         """``(labels, predicted)`` of the final evaluation, two int64 arrays
-        in test-set order, or None when the run wrote none (runs by a chsnn
-        older than 2026-12-07's, multi-process runs). Read without pickle:
-        the file holds numbers only."""
+        in test-set order, or None when the run wrote none (unfinished runs;
+        runs by a chsnn older than 2026-12-07's, multi-process runs by one
+        older than 2026-12-08's). Read without pickle: the file holds
+        numbers only."""
         import numpy as np
 
         path = self.file(PREDICTIONS)

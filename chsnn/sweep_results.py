@@ -104,15 +104,15 @@ def method_table(rows: list[dict], labels: list[str], sparsities: list[float]) -
     lines = [head, "|" + "---|" * (len(sparsities) + 2)]
     for label in labels:
         dense = (label, None) in by
-        accs, sops = [], []
+        accs, costs = [], []
         for s in sparsities:
             r = by.get((label, None) if dense else (label, s))
             accs.append(plus_minus(r["test_accuracy"], r["test_accuracy_std"]) if r else "not run")
-            sops.append("" if not r or r.get(cost) is None else f"{r[cost]:.3g}")
+            costs.append("" if not r or r.get(cost) is None else f"{r[cost]:.3g}")
         if dense:  # one dense run per seed, whatever the sparsity
             accs = [accs[0] + " (dense)"] + ["″"] * (len(sparsities) - 1)
-            sops = sops[:1]
-        lines.append(f"| {label} | " + " | ".join(accs) + " | " + " / ".join(sops) + " |")
+            costs = costs[:1]
+        lines.append(f"| {label} | " + " | ".join(accs) + " | " + " / ".join(costs) + " |")
     return "\n".join(lines)
 
 
